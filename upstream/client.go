@@ -1,0 +1,429 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const (
+	// Action is the one upstream action this client calls.
+	Action = "DescribeImageModifiedRecords"
+	// APIVersion is the ECD API version.
+	APIVersion = "2020-09-30"
+	// MaxPageSize is the upstream's largest MaxResults.
+	MaxPageSize = 100
+	// DefaultPageSize is the upstream's MaxResults when none is sent.
+	DefaultPageSize = 10
+	// DefaultMaxResponseBytes caps an upstream response body. A full page
+	// of 100 records is about 40 KiB.
+	DefaultMaxResponseBytes = 4 << 20
+)
+
+// DescribeInput is one DescribeImageModifiedRecords request.
+type DescribeInput struct {
+	RegionID  string
+	DesktopID string
+	// MaxResults is the page size, 1..100; 0 leaves it to the upstream (10).
+	MaxResults int
+	// NextToken is the previous page's NextToken; empty for the first page.
+	NextToken string
+}
+
+// Page is one DescribeImageModifiedRecords answer.
+type Page struct {
+	// Token is the NextToken that requested this page (empty for the first).
+	Token string
+	// RequestID is the upstream RequestId.
+	RequestID string
+	// TotalCount is the desktop's number of records, as the upstream counts.
+	TotalCount int
+	// NextToken requests the next page; empty on the last page.
+	NextToken string
+	// Records are the page's image changes in upstream order.
+	Records []Record
+}
+
+// Record is one image change.
+type Record struct {
+	// Status is the upstream number: 0 changing, 1 succeeded, 2 failed;
+	// any other value is kept as it came.
+	Status       int
+	UpdateTime   time.Time
+	ImageID      string
+	ImageName    string
+	NewImageID   string
+	NewImageName string
+	Reason       string
+}
+
+// API is the one upstream call the gateway makes. [Client] implements it;
+// tests may substitute their own.
+type API interface {
+	DescribeImageModifiedRecords(ctx context.Context, in DescribeInput) (*Page, error)
+}
+
+var _ API = (*Client)(nil)
+
+// Client calls DescribeImageModifiedRecords with signed requests. It is safe
+// for concurrent use.
+type Client struct {
+	endpoint         string
+	httpClient       *http.Client
+	credentials      CredentialsProvider
+	signature        SignatureVersion
+	retry            RetryPolicy
+	maxResponseBytes int64
+	now              func() time.Time
+	logger           *slog.Logger
+}
+
+// Option configures a [Client].
+type Option func(*Client)
+
+// WithEndpoint overrides the regional endpoint https://ecd.<region>.aliyuncs.com
+// with a base URL such as a VPC proxy (https://ecd.vpc-proxy.aliyuncs.com) or
+// a simulator (http://127.0.0.1:9000). Default: regional.
+func WithEndpoint(baseURL string) Option {
+	return func(c *Client) { c.endpoint = strings.TrimRight(baseURL, "/") }
+}
+
+// WithHTTPClient sets the HTTP client, e.g. one whose transport is wrapped
+// for tracing. Default: a client with a keep-alive pool sized for many
+// concurrent streams and no overall timeout (the caller's context bounds
+// each request).
+func WithHTTPClient(hc *http.Client) Option {
+	return func(c *Client) { c.httpClient = hc }
+}
+
+// WithSignatureVersion selects V3 (default) or V1 signing.
+func WithSignatureVersion(v SignatureVersion) Option {
+	return func(c *Client) { c.signature = v }
+}
+
+// WithRetryPolicy sets how failed attempts are retried. Default:
+// [DefaultRetryPolicy].
+func WithRetryPolicy(p RetryPolicy) Option {
+	return func(c *Client) { c.retry = p }
+}
+
+// WithClock sets the clock that dates signatures. Default: time.Now.
+func WithClock(now func() time.Time) Option {
+	return func(c *Client) { c.now = now }
+}
+
+// WithLogger sets the logger for retries. Default: discard.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *Client) { c.logger = l }
+}
+
+// WithMaxResponseBytes caps the size of one upstream response body; a
+// larger one fails with [ErrMalformedResponse]. Default:
+// [DefaultMaxResponseBytes].
+func WithMaxResponseBytes(n int64) Option {
+	return func(c *Client) { c.maxResponseBytes = n }
+}
+
+// NewClient returns a client that signs with the credentials from creds,
+// fetched anew for every attempt.
+func NewClient(creds CredentialsProvider, opts ...Option) *Client {
+	c := &Client{
+		credentials:      creds,
+		signature:        SignatureV3,
+		retry:            DefaultRetryPolicy(),
+		maxResponseBytes: DefaultMaxResponseBytes,
+		now:              time.Now,
+		logger:           slog.New(slog.DiscardHandler),
+	}
+	for _, opt := range opts {
+		opt(c)
+	}
+	if c.httpClient == nil {
+		c.httpClient = &http.Client{Transport: NewTransport()}
+	}
+	return c
+}
+
+// NewTransport returns the default upstream transport: HTTP/2 where the
+// endpoint offers it, and a keep-alive pool large enough that concurrent
+// streams reuse connections instead of dialing anew.
+func NewTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 1024
+	t.MaxIdleConnsPerHost = 1024
+	t.IdleConnTimeout = 90 * time.Second
+	t.ResponseHeaderTimeout = 30 * time.Second
+	return t
+}
+
+// Endpoint returns the base URL requests for region go to.
+func (c *Client) Endpoint(region string) string {
+	if c.endpoint != "" {
+		return c.endpoint
+	}
+	return "https://ecd." + region + ".aliyuncs.com"
+}
+
+// DescribeImageModifiedRecords fetches one page, retrying transient failures
+// per the client's [RetryPolicy]. Errors are an [*APIError] for an upstream
+// error answer, [ErrMalformedResponse] for an answer that makes no sense,
+// [ErrNoCredentials], or a network or context error.
+func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeInput) (*Page, error) {
+	if err := in.check(); err != nil {
+		return nil, err
+	}
+	onceOnly := 0 // retries granted to codes that deserve exactly one
+	for attempt := 1; ; attempt++ {
+		page, err := c.attempt(ctx, in)
+		if err == nil {
+			page.Token = in.NextToken
+			return page, nil
+		}
+		delay, retry := c.retry.decide(ctx, err, attempt, &onceOnly)
+		if !retry {
+			return nil, err
+		}
+		c.logger.LogAttrs(ctx, slog.LevelDebug, "retrying upstream call",
+			slog.Int("attempt", attempt), slog.Duration("backoff", delay), slog.String("error", err.Error()))
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("waiting to retry after %w: %w", err, context.Cause(ctx))
+		case <-t.C:
+		}
+	}
+}
+
+func (in DescribeInput) check() error {
+	if !validRegion(in.RegionID) {
+		return fmt.Errorf("invalid region id %q", in.RegionID)
+	}
+	if in.DesktopID == "" {
+		return errors.New("missing desktop id")
+	}
+	if in.MaxResults < 0 || in.MaxResults > MaxPageSize {
+		return fmt.Errorf("MaxResults %d outside 0..%d", in.MaxResults, MaxPageSize)
+	}
+	return nil
+}
+
+// validRegion keeps the region, which becomes part of the endpoint's host
+// name, to lower-case letters, digits and dashes.
+func validRegion(r string) bool {
+	if r == "" || len(r) > 64 {
+		return false
+	}
+	for i := 0; i < len(r); i++ {
+		c := r[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *Client) attempt(ctx context.Context, in DescribeInput) (*Page, error) {
+	creds, err := c.credentials.Credentials(ctx)
+	if err != nil {
+		return nil, err
+	}
+	req, err := c.newRequest(ctx, in, creds)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.httpClient.Do(req)
+	if err != nil {
+		return nil, &networkError{err: err}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, c.maxResponseBytes+1))
+	if err != nil {
+		return nil, &networkError{err: fmt.Errorf("reading upstream response: %w", err)}
+	}
+	if int64(len(body)) > c.maxResponseBytes {
+		return nil, fmt.Errorf("%w: body larger than %d bytes", ErrMalformedResponse, c.maxResponseBytes)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, parseAPIError(resp, body)
+	}
+	return decodePage(body)
+}
+
+// networkError marks a failure to get an answer at all; it is retried.
+type networkError struct{ err error }
+
+func (e *networkError) Error() string { return "calling upstream: " + e.err.Error() }
+func (e *networkError) Unwrap() error { return e.err }
+
+func (c *Client) newRequest(ctx context.Context, in DescribeInput, creds Credentials) (*http.Request, error) {
+	params := url.Values{
+		"RegionId":  {in.RegionID},
+		"DesktopId": {in.DesktopID},
+	}
+	if in.MaxResults > 0 {
+		params.Set("MaxResults", strconv.Itoa(in.MaxResults))
+	}
+	if in.NextToken != "" {
+		params.Set("NextToken", in.NextToken)
+	}
+	base := c.Endpoint(in.RegionID)
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("invalid upstream endpoint %q", base)
+	}
+	date := c.now().UTC().Format("2006-01-02T15:04:05Z")
+	nonce := newNonce()
+	header := http.Header{}
+	header.Set("Accept", "application/json")
+	switch c.signature {
+	case SignatureV1:
+		params.Set("Action", Action)
+		params.Set("Version", APIVersion)
+		params.Set("Format", "JSON")
+		params.Set("AccessKeyId", creds.AccessKeyID)
+		params.Set("SignatureMethod", "HMAC-SHA1")
+		params.Set("SignatureVersion", "1.0")
+		params.Set("SignatureNonce", nonce)
+		params.Set("Timestamp", date)
+		if creds.SecurityToken != "" {
+			params.Set("SecurityToken", creds.SecurityToken)
+		}
+		sig := V1Signature(creds.AccessKeySecret, http.MethodPost, params)
+		u.RawQuery = CanonicalQuery(params) + "&Signature=" + PercentEncode(sig)
+	default:
+		signed := map[string]string{
+			"host":                  u.Host,
+			"x-acs-action":          Action,
+			"x-acs-version":         APIVersion,
+			"x-acs-date":            date,
+			"x-acs-signature-nonce": nonce,
+			"x-acs-content-sha256":  EmptyPayloadHash,
+		}
+		if creds.SecurityToken != "" {
+			signed["x-acs-accesskey-id"] = creds.AccessKeyID
+			signed["x-acs-security-token"] = creds.SecurityToken
+		}
+		sig, signedHeaders := V3Request{
+			Method:        http.MethodPost,
+			Query:         params,
+			Headers:       signed,
+			HashedPayload: EmptyPayloadHash,
+		}.Sign(creds.AccessKeySecret)
+		for name, v := range signed {
+			if name != "host" {
+				header.Set(name, v)
+			}
+		}
+		header.Set("Authorization", V3Authorization(creds.AccessKeyID, signedHeaders, sig))
+		u.RawQuery = CanonicalQuery(params)
+	}
+	u.Path = "/"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), http.NoBody)
+	if err != nil {
+		return nil, fmt.Errorf("building upstream request: %w", err)
+	}
+	req.Header = header
+	return req, nil
+}
+
+func newNonce() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand docs)
+	return hex.EncodeToString(b[:])
+}
+
+type pageJSON struct {
+	RequestID            string       `json:"RequestId"`
+	TotalCount           int          `json:"TotalCount"`
+	NextToken            string       `json:"NextToken"`
+	ImageModifiedRecords []recordJSON `json:"ImageModifiedRecords"`
+}
+
+type recordJSON struct {
+	Status       int    `json:"Status"`
+	UpdateTime   string `json:"UpdateTime"`
+	ImageID      string `json:"ImageId"`
+	ImageName    string `json:"ImageName"`
+	NewImageID   string `json:"NewImageId"`
+	NewImageName string `json:"NewImageName"`
+	Reason       string `json:"Reason"`
+}
+
+// DecodePage parses a successful DescribeImageModifiedRecords body.
+func DecodePage(body []byte) (*Page, error) { return decodePage(body) }
+
+func decodePage(body []byte) (*Page, error) {
+	var pj pageJSON
+	if err := json.Unmarshal(body, &pj); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformedResponse, err)
+	}
+	p := &Page{
+		RequestID:  pj.RequestID,
+		TotalCount: pj.TotalCount,
+		NextToken:  pj.NextToken,
+		Records:    make([]Record, len(pj.ImageModifiedRecords)),
+	}
+	for i, r := range pj.ImageModifiedRecords {
+		var t time.Time
+		if r.UpdateTime != "" {
+			var err error
+			if t, err = time.Parse(time.RFC3339Nano, r.UpdateTime); err != nil {
+				return nil, fmt.Errorf("%w: record %d: UpdateTime %q is not RFC 3339", ErrMalformedResponse, i, r.UpdateTime)
+			}
+		}
+		p.Records[i] = Record{
+			Status:       r.Status,
+			UpdateTime:   t,
+			ImageID:      r.ImageID,
+			ImageName:    r.ImageName,
+			NewImageID:   r.NewImageID,
+			NewImageName: r.NewImageName,
+			Reason:       r.Reason,
+		}
+	}
+	return p, nil
+}
+
+type errorJSON struct {
+	RequestID string `json:"RequestId"`
+	HostID    string `json:"HostId"`
+	Code      string `json:"Code"`
+	Message   string `json:"Message"`
+	Recommend string `json:"Recommend"`
+}
+
+func parseAPIError(resp *http.Response, body []byte) *APIError {
+	e := &APIError{HTTPStatus: resp.StatusCode}
+	var ej errorJSON
+	if json.Unmarshal(body, &ej) == nil {
+		e.Code, e.Message, e.RequestID, e.HostID, e.Recommend = ej.Code, ej.Message, ej.RequestID, ej.HostID, ej.Recommend
+	} else {
+		e.Message = strings.TrimSpace(string(truncate(body, 200)))
+	}
+	for _, h := range []string{"x-ratelimit-user-api", "x-ratelimit-user"} {
+		if v := resp.Header.Get(h); v != "" {
+			e.RetryAfter = v
+			break
+		}
+	}
+	return e
+}
+
+func truncate(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	return append(bytes.Clone(b[:n]), "…"...)
+}
