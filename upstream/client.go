@@ -245,6 +245,11 @@ func (c *Client) attempt(ctx context.Context, in DescribeInput) (*Page, error) {
 	}
 	resp, err := c.httpClient.Do(req)
 	if err != nil {
+		// The URL of a V1 request carries the AccessKeyId, the signature
+		// and any STS token: keep it out of the error.
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			err = fmt.Errorf("%s %s: %w", ue.Op, req.URL.Host, ue.Err)
+		}
 		return nil, &networkError{err: err}
 	}
 	defer resp.Body.Close()

@@ -1,0 +1,131 @@
+package service
+
+import (
+	"context"
+	"log/slog"
+
+	"connectrpc.com/connect"
+
+	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
+	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
+	"github.com/imagerecords/imagerecords/upstream"
+)
+
+// Service implements [imagerecordsv1connect.ImageRecordsServiceHandler].
+type Service struct {
+	api    upstream.API
+	logger *slog.Logger
+}
+
+var _ imagerecordsv1connect.ImageRecordsServiceHandler = (*Service)(nil)
+
+// Option configures a [Service].
+type Option func(*Service)
+
+// WithLogger sets the logger for gateway-side faults. Default: discard.
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Service) { s.logger = l }
+}
+
+// New returns a service that reads records through api.
+func New(api upstream.API, opts ...Option) *Service {
+	s := &Service{api: api, logger: slog.New(slog.DiscardHandler)}
+	for _, opt := range opts {
+		opt(s)
+	}
+	return s
+}
+
+// ListImageModifiedRecords returns one page of up to page_size records.
+func (s *Service) ListImageModifiedRecords(ctx context.Context, req *connect.Request[imagerecordsv1.ListImageModifiedRecordsRequest]) (*connect.Response[imagerecordsv1.ListImageModifiedRecordsResponse], error) {
+	msg := req.Msg
+	var v violations
+	v.checkDesktop(msg.GetRegionId(), msg.GetDesktopId())
+	pageSize := checkPageSize(&v, msg.GetPageSize())
+	pos := v.checkToken(msg.GetRegionId(), msg.GetDesktopId(), msg.GetPageToken())
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	// A token from a stream cut by max_records points into an upstream
+	// page: ask for the records already delivered too, and drop them.
+	in := upstream.DescribeInput{
+		RegionID:   msg.GetRegionId(),
+		DesktopID:  msg.GetDesktopId(),
+		MaxResults: min(pageSize+pos.skip, upstream.MaxPageSize),
+		NextToken:  pos.upstreamToken,
+	}
+	page, err := s.api.DescribeImageModifiedRecords(ctx, in)
+	if err != nil {
+		return nil, s.toConnectError(ctx, err)
+	}
+	if page.NextToken != "" && page.NextToken == pos.upstreamToken {
+		return nil, s.toConnectError(ctx, &upstream.PaginationError{Page: 2, FirstSeen: 1})
+	}
+	records := page.Records[min(pos.skip, len(page.Records)):]
+	next := position{upstreamToken: page.NextToken}
+	if len(records) > pageSize { // the upstream sent more than asked
+		records = records[:pageSize]
+		next = position{upstreamToken: pos.upstreamToken, skip: pos.skip + pageSize}
+	}
+	return connect.NewResponse(&imagerecordsv1.ListImageModifiedRecordsResponse{
+		Records:       convertRecords(records),
+		NextPageToken: encodeToken(in.RegionID, in.DesktopID, next),
+		TotalCount:    int32(page.TotalCount),
+		RequestId:     page.RequestID,
+	}), nil
+}
+
+// StreamImageModifiedRecords sends every record of a desktop, one message per
+// upstream page. The next page is fetched only after the previous message
+// was handed to the transport, so a slow caller slows the upstream paging
+// (HTTP/2 flow control blocks Send) and at most one page is held in memory.
+func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.Request[imagerecordsv1.StreamImageModifiedRecordsRequest], stream *connect.ServerStream[imagerecordsv1.StreamImageModifiedRecordsResponse]) error {
+	msg := req.Msg
+	region, desktop := msg.GetRegionId(), msg.GetDesktopId()
+	var v violations
+	v.checkDesktop(region, desktop)
+	if msg.GetMaxRecords() < 0 {
+		v.add("max_records", "must not be negative (0 streams every record)")
+	}
+	pos := v.checkToken(region, desktop, msg.GetPageToken())
+	if err := v.err(); err != nil {
+		return err
+	}
+	remaining := msg.GetMaxRecords() // 0: unlimited
+	skip := pos.skip
+	in := upstream.DescribeInput{RegionID: region, DesktopID: desktop, NextToken: pos.upstreamToken}
+	for page, err := range upstream.Pages(ctx, s.api, in) {
+		if err != nil {
+			return s.toConnectError(ctx, err)
+		}
+		records := page.Records[min(skip, len(page.Records)):]
+		delivered := min(skip, len(page.Records)) // of this page, before this message
+		skip = 0
+		resume := position{upstreamToken: page.NextToken}
+		done := page.NextToken == ""
+		if remaining > 0 && int64(len(records)) >= remaining {
+			if int64(len(records)) > remaining {
+				records = records[:remaining]
+				resume = position{upstreamToken: page.Token, skip: delivered + int(remaining)}
+			}
+			done = true
+		}
+		remaining -= int64(len(records))
+		out := &imagerecordsv1.StreamImageModifiedRecordsResponse{
+			Records:     convertRecords(records),
+			ResumeToken: encodeToken(region, desktop, resume), // "" when nothing follows
+			TotalCount:  int32(page.TotalCount),
+			RequestId:   page.RequestID,
+		}
+		if err := stream.Send(out); err != nil {
+			if ctx.Err() != nil {
+				return s.toConnectError(ctx, ctx.Err())
+			}
+			return err
+		}
+		if done {
+			return nil
+		}
+	}
+	return nil
+}

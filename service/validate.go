@@ -1,0 +1,80 @@
+package service
+
+import (
+	"errors"
+	"regexp"
+
+	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+
+	"github.com/imagerecords/imagerecords/upstream"
+)
+
+var (
+	// regionPattern matches Alibaba Cloud region ids such as cn-hangzhou,
+	// ap-southeast-1 and cn-shanghai-finance-1.
+	regionPattern = regexp.MustCompile(`^[a-z]{2,12}(-[a-z0-9]{1,24}){1,4}$`)
+	// desktopPattern matches ECD desktop ids such as ecd-bd53sfmysz8ir0001.
+	desktopPattern = regexp.MustCompile(`^ecd-[0-9a-z]{1,60}$`)
+)
+
+// violations collects what is wrong with a request before any upstream
+// call, so the caller learns about every bad field at once.
+type violations []*errdetails.BadRequest_FieldViolation
+
+func (v *violations) add(field, description string) {
+	*v = append(*v, &errdetails.BadRequest_FieldViolation{Field: field, Description: description})
+}
+
+func (v *violations) checkDesktop(region, desktop string) {
+	switch {
+	case region == "":
+		v.add("region_id", "required, e.g. cn-hangzhou")
+	case !regionPattern.MatchString(region):
+		v.add("region_id", "must be an Alibaba Cloud region id such as cn-hangzhou")
+	}
+	switch {
+	case desktop == "":
+		v.add("desktop_id", "required, e.g. ecd-bd53sfmysz8ir0001")
+	case !desktopPattern.MatchString(desktop):
+		v.add("desktop_id", `must be an ECD desktop id: "ecd-" and up to 60 lower-case letters or digits`)
+	}
+}
+
+// checkToken decodes token unless region or desktop are already known bad.
+func (v *violations) checkToken(region, desktop, token string) position {
+	if len(*v) > 0 {
+		return position{}
+	}
+	p, err := decodeToken(region, desktop, token)
+	if err != nil {
+		v.add("page_token", err.Error())
+	}
+	return p
+}
+
+func (v violations) err() error {
+	if len(v) == 0 {
+		return nil
+	}
+	msg := v[0].Field + ": " + v[0].Description
+	if len(v) > 1 {
+		msg += " (and more field violations in the details)"
+	}
+	cerr := connect.NewError(connect.CodeInvalidArgument, errors.New(msg))
+	if d, err := connect.NewErrorDetail(&errdetails.BadRequest{FieldViolations: v}); err == nil {
+		cerr.AddDetail(d)
+	}
+	return cerr
+}
+
+func checkPageSize(v *violations, size int32) int {
+	if size < 0 || size > upstream.MaxPageSize {
+		v.add("page_size", "must be between 0 and 100 (0 means 10)")
+		return 0
+	}
+	if size == 0 {
+		return upstream.DefaultPageSize
+	}
+	return int(size)
+}
