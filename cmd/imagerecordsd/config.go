@@ -1,0 +1,97 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/imagerecords/imagerecords/upstream"
+)
+
+// envPrefix leads the environment variable of every flag: --upstream-endpoint
+// is IMAGERECORDS_UPSTREAM_ENDPOINT. A flag given on the command line wins
+// over its variable.
+const envPrefix = "IMAGERECORDS_"
+
+type config struct {
+	listen            string
+	upstreamEndpoint  string
+	signature         upstream.SignatureVersion
+	simulate          bool
+	simulateSeed      int64
+	shutdownGrace     time.Duration
+	readHeaderTimeout time.Duration
+	logLevel          slog.Level
+}
+
+// usageError is a bad command line; main exits 2 for it.
+type usageError struct{ error }
+
+func parseConfig(args []string, stderr io.Writer) (config, error) {
+	cfg := config{}
+	fs := flag.NewFlagSet("imagerecordsd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:8080", "address to serve Connect, gRPC and gRPC-Web on (HTTP/1.1 and h2c)")
+	fs.StringVar(&cfg.upstreamEndpoint, "upstream-endpoint", "", "upstream base URL overriding the regional https://ecd.<region>.aliyuncs.com, e.g. https://ecd.vpc-proxy.aliyuncs.com")
+	signature := fs.String("signature", "v3", "upstream signature version: v3 (ACS3-HMAC-SHA256) or v1 (HMAC-SHA1)")
+	fs.BoolVar(&cfg.simulate, "simulate", false, "serve from an embedded ECD simulator on a loopback port, with generated keys; no cloud account needed")
+	fs.Int64Var(&cfg.simulateSeed, "simulate-seed", 1, "seed of the simulator's data (same seed, same desktops and records)")
+	fs.DurationVar(&cfg.shutdownGrace, "shutdown-grace", 15*time.Second, "on SIGTERM, how long in-flight streams may run before they are cancelled")
+	fs.DurationVar(&cfg.readHeaderTimeout, "read-header-timeout", 10*time.Second, "how long a client may take to send request headers (streams themselves are never cut)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: imagerecordsd [flags]\n\nEvery flag can also be set by the environment variable %s<FLAG> (upper case, - as _).\nCredentials come from the standard Alibaba Cloud chain (ALIBABA_CLOUD_ACCESS_KEY_ID, ...).\n\nFlags:\n", envPrefix)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return cfg, err
+		}
+		return cfg, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return cfg, usageError{fmt.Errorf("unexpected arguments: %q", fs.Args())}
+	}
+	if err := applyEnv(fs); err != nil {
+		return cfg, usageError{err}
+	}
+	v, ok := upstream.ParseSignatureVersion(*signature)
+	if !ok {
+		return cfg, usageError{fmt.Errorf("--signature: %q is neither v3 nor v1", *signature)}
+	}
+	cfg.signature = v
+	if err := cfg.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+		return cfg, usageError{fmt.Errorf("--log-level: %w", err)}
+	}
+	if cfg.simulate && cfg.upstreamEndpoint != "" {
+		return cfg, usageError{fmt.Errorf("--simulate and --upstream-endpoint exclude each other")}
+	}
+	if cfg.shutdownGrace < 0 || cfg.readHeaderTimeout <= 0 {
+		return cfg, usageError{fmt.Errorf("--shutdown-grace must be >= 0 and --read-header-timeout > 0")}
+	}
+	return cfg, nil
+}
+
+// applyEnv sets every flag not given on the command line from its
+// environment variable.
+func applyEnv(fs *flag.FlagSet) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || err != nil {
+			return
+		}
+		name := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s: %w", name, e)
+			}
+		}
+	})
+	return err
+}

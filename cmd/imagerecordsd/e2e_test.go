@@ -1,0 +1,493 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+
+	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
+	"github.com/imagerecords/imagerecords/upstream/ecdsim"
+)
+
+const (
+	bigDesktop   = "ecd-big0000000001234"
+	smallDesktop = "ecd-small00000000042"
+	emptyDesktop = "ecd-empty0000000000"
+	stuckDesktop = "ecd-stuck0000000250"
+)
+
+var testDesktops = []ecdsim.Desktop{
+	{ID: bigDesktop, Records: 1234},
+	{ID: smallDesktop, Records: 42},
+	{ID: emptyDesktop, Records: 0},
+	{ID: stuckDesktop, Records: 250, StuckToken: true},
+}
+
+func TestListReturnsTheSimulatorsPage(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessConfig{desktops: testDesktops})
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			c := h.client(p.opts...)
+			first, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
+				RegionId: testRegion, DesktopId: bigDesktop, PageSize: 7,
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := len(first.Msg.GetRecords()); n != 7 {
+				t.Fatalf("got %d records, want 7", n)
+			}
+			h.checkRecords(t, bigDesktop, 0, first.Msg.GetRecords())
+			if first.Msg.GetTotalCount() != 1234 || first.Msg.GetRequestId() == "" || first.Msg.GetNextPageToken() == "" {
+				t.Fatalf("total_count %d, request_id %q, next_page_token %q", first.Msg.GetTotalCount(), first.Msg.GetRequestId(), first.Msg.GetNextPageToken())
+			}
+			second, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
+				RegionId: testRegion, DesktopId: bigDesktop, PageSize: 100, PageToken: first.Msg.GetNextPageToken(),
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := len(second.Msg.GetRecords()); n != 100 {
+				t.Fatalf("second page: got %d records, want 100", n)
+			}
+			h.checkRecords(t, bigDesktop, 7, second.Msg.GetRecords())
+		})
+	}
+	// page_size 0 means the upstream default of 10; the last page has no token.
+	res, err := h.client().ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: emptyDesktop,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Msg.GetRecords()) != 0 || res.Msg.GetNextPageToken() != "" || res.Msg.GetTotalCount() != 0 {
+		t.Fatalf("empty desktop: %v", res.Msg)
+	}
+}
+
+func TestStreamDeliversEveryRecordOnceInThirteenCalls(t *testing.T) {
+	t.Parallel()
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			h := startHarness(t, harnessConfig{desktops: testDesktops})
+			stream, err := h.client(p.opts...).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+				RegionId: testRegion, DesktopId: bigDesktop,
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			msgs, err := drain(t, stream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			records := recordsOf(msgs)
+			if len(records) != 1234 {
+				t.Fatalf("got %d records, want 1234", len(records))
+			}
+			h.checkRecords(t, bigDesktop, 0, records) // every record, in order, so none twice
+			if len(msgs) != 13 {
+				t.Errorf("got %d messages, want one per upstream page: 13", len(msgs))
+			}
+			if calls := h.sim.DesktopCalls(bigDesktop); calls != 13 {
+				t.Errorf("upstream calls = %d, want ceil(1234/100) = 13", calls)
+			}
+			for i, m := range msgs {
+				last := i == len(msgs)-1
+				if (m.GetResumeToken() == "") != last {
+					t.Errorf("message %d: resume_token %q (last message: %v)", i, m.GetResumeToken(), last)
+				}
+				if m.GetRequestId() == "" || m.GetTotalCount() != 1234 {
+					t.Errorf("message %d: request_id %q total_count %d", i, m.GetRequestId(), m.GetTotalCount())
+				}
+			}
+		})
+	}
+}
+
+func TestStreamMaxRecordsStopsEarlyAndResumes(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessConfig{desktops: testDesktops})
+	c := h.client(connect.WithGRPC())
+	stream, err := c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: bigDesktop, MaxRecords: 150,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := drain(t, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := recordsOf(msgs)
+	if len(first) != 150 {
+		t.Fatalf("max_records 150: got %d records", len(first))
+	}
+	h.checkRecords(t, bigDesktop, 0, first)
+	if calls := h.sim.DesktopCalls(bigDesktop); calls != 2 {
+		t.Fatalf("max_records 150 made %d upstream calls, want 2", calls)
+	}
+
+	// The last message's token resumes mid-page, right after record 150.
+	stream, err = c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: bigDesktop, PageToken: msgs[len(msgs)-1].GetResumeToken(),
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest, err := drain(t, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := recordsOf(rest); len(got) != 1234-150 {
+		t.Fatalf("resumed stream: got %d records, want %d", len(got), 1234-150)
+	} else {
+		h.checkRecords(t, bigDesktop, 150, got)
+	}
+	if calls := h.sim.DesktopCalls(bigDesktop); calls != 2+12 {
+		t.Errorf("resumed stream made %d upstream calls, want 12 (pages at 100..1200)", calls-2)
+	}
+
+	// A List page token works as a stream's starting point too.
+	page, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: smallDesktop, PageSize: 40,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err = c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: smallDesktop, PageToken: page.Msg.GetNextPageToken(),
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail, err := drain(t, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := recordsOf(tail); len(got) != 2 {
+		t.Fatalf("stream after a 40-record List page of 42: got %d records", len(got))
+	} else {
+		h.checkRecords(t, smallDesktop, 40, got)
+	}
+}
+
+func TestStreamResumesFromTheMiddle(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessConfig{desktops: testDesktops})
+	c := h.client()
+	ctx, cancel := context.WithCancel(t.Context())
+	stream, err := c.StreamImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: bigDesktop,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []*imagerecordsv1.ImageModifiedRecord
+	var token string
+	for i := 0; i < 5 && stream.Receive(); i++ {
+		got = append(got, stream.Msg().GetRecords()...)
+		token = stream.Msg().GetResumeToken()
+	}
+	cancel() // the caller goes away after five messages
+	_ = stream.Close()
+	if len(got) != 500 {
+		t.Fatalf("first five messages carried %d records", len(got))
+	}
+	stream, err = c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: bigDesktop, PageToken: token,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest, err := drain(t, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = append(got, recordsOf(rest)...)
+	if len(got) != 1234 {
+		t.Fatalf("first part and resumed part: %d records, want 1234", len(got))
+	}
+	h.checkRecords(t, bigDesktop, 0, got)
+}
+
+func TestCancelledStreamStopsUpstreamFetching(t *testing.T) {
+	t.Parallel()
+	const huge = "ecd-huge00000100000"
+	h := startHarness(t, harnessConfig{
+		desktops: []ecdsim.Desktop{{ID: huge, Records: 100_000}},
+		faults:   ecdsim.Faults{Latency: 20 * time.Millisecond},
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: huge,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if !stream.Receive() {
+			t.Fatalf("message %d: %v", i, stream.Err())
+		}
+	}
+	cancel()
+	atCancel := h.sim.DesktopCalls(huge)
+	_ = stream.Close()
+	h.handlers.Wait() // the gateway's handler has returned
+	after := h.sim.DesktopCalls(huge)
+	if after > atCancel+1 {
+		t.Errorf("upstream calls went from %d at cancel to %d: want at most the page in flight", atCancel, after)
+	}
+	if after >= 1000 {
+		t.Errorf("the gateway fetched all %d pages", after)
+	}
+}
+
+func TestStuckNextTokenFailsClearly(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessConfig{desktops: testDesktops})
+	// A gateway that followed the token would stream forever: bound the wait.
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: stuckDesktop,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := drain(t, stream)
+	if connect.CodeOf(err) != connect.CodeInternal || !strings.Contains(err.Error(), "NextToken did not advance") {
+		t.Fatalf("err = %v, want Internal naming the NextToken that did not advance", err)
+	}
+	if info := errorInfo(t, err); info.GetReason() != "UPSTREAM_TOKEN_REPEATED" {
+		t.Errorf("ErrorInfo = %v", info)
+	}
+	if got := recordsOf(msgs); len(got) != 100 {
+		t.Errorf("delivered %d records before the repeat, want the first page's 100", len(got))
+	}
+	if calls := h.sim.DesktopCalls(stuckDesktop); calls != 2 {
+		t.Errorf("upstream calls = %d, want 2 (the repeat is caught on the second page)", calls)
+	}
+}
+
+func TestThrottlingIsRetriedAway(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessConfig{desktops: testDesktops, faults: ecdsim.Faults{ThrottleFraction: 0.5}})
+	stream, err := h.client().StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: bigDesktop,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := drain(t, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := recordsOf(msgs)
+	if len(records) != 1234 {
+		t.Fatalf("got %d records, want 1234", len(records))
+	}
+	h.checkRecords(t, bigDesktop, 0, records)
+	if st := h.sim.Stats(); st.Throttled == 0 || st.Pages != 13 {
+		t.Errorf("simulator: %d throttled, %d pages; want some throttled and exactly 13 pages", st.Throttled, st.Pages)
+	}
+}
+
+func TestPersistentThrottlingIsUnavailableWithDetails(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessConfig{desktops: testDesktops, faults: ecdsim.Faults{ThrottleFraction: 1}})
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			stream, err := h.client(p.opts...).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+				RegionId: testRegion, DesktopId: bigDesktop,
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = drain(t, stream)
+			if connect.CodeOf(err) != connect.CodeUnavailable {
+				t.Fatalf("err = %v, want Unavailable", err)
+			}
+			info := errorInfo(t, err)
+			if info.GetReason() != "Throttling.User" || info.GetDomain() != "ecd.aliyuncs.com" ||
+				info.GetMetadata()["upstream_request_id"] == "" || info.GetMetadata()["recommend"] == "" {
+				t.Errorf("ErrorInfo = %v", info)
+			}
+			if retry := retryInfo(t, err); retry.GetRetryDelay().AsDuration() <= 0 {
+				t.Errorf("RetryInfo = %v", retry)
+			}
+		})
+	}
+	if st := h.sim.Stats(); st.Throttled != 3*int64(testRetry.MaxAttempts) {
+		t.Errorf("throttled attempts = %d, want %d per call", st.Throttled, testRetry.MaxAttempts)
+	}
+}
+
+func TestWrongSecretIsTheGatewaysFault(t *testing.T) {
+	t.Parallel()
+	const wrong = "wrong-secret-ABCDEF123456"
+	h := startHarness(t, harnessConfig{desktops: testDesktops, secretOverride: wrong})
+	_, err := h.client().ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: bigDesktop,
+	}))
+	if connect.CodeOf(err) != connect.CodeInternal {
+		t.Fatalf("err = %v, want Internal: a bad signature is the gateway's fault, not the caller's", err)
+	}
+	if info := errorInfo(t, err); info.GetReason() != "SignatureDoesNotMatch" {
+		t.Errorf("ErrorInfo = %v", info)
+	}
+	if strings.Contains(err.Error(), wrong) || strings.Contains(err.Error(), testKeySecret) {
+		t.Errorf("the error reveals a secret: %v", err)
+	}
+	if st := h.sim.Stats(); st.AuthFailures != 1 {
+		t.Errorf("auth failures = %d: a signature error must not be retried", st.AuthFailures)
+	}
+}
+
+func TestBadInputNeverReachesTheUpstream(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessConfig{desktops: testDesktops})
+	c := h.client()
+	otherDesktopToken := func() string {
+		res, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
+			RegionId: testRegion, DesktopId: smallDesktop, PageSize: 5,
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Msg.GetNextPageToken()
+	}()
+	before := h.sim.Stats().Requests
+
+	list := []struct {
+		name  string
+		req   *imagerecordsv1.ListImageModifiedRecordsRequest
+		field string
+	}{
+		{"empty region", &imagerecordsv1.ListImageModifiedRecordsRequest{DesktopId: bigDesktop}, "region_id"},
+		{"odd region", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: "evil.com/x", DesktopId: bigDesktop}, "region_id"},
+		{"empty desktop", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion}, "desktop_id"},
+		{"overlong desktop", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: "ecd-" + strings.Repeat("a", 61)}, "desktop_id"},
+		{"odd characters", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: "ecd-abc$%&"}, "desktop_id"},
+		{"not a desktop id", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: "i-bp1abcdef"}, "desktop_id"},
+		{"page_size 101", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, PageSize: 101}, "page_size"},
+		{"page_size -1", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, PageSize: -1}, "page_size"},
+		{"junk token", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, PageToken: "junk!!"}, "page_token"},
+		{"overlong token", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, PageToken: strings.Repeat("A", 5000)}, "page_token"},
+		{"another desktop's token", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, PageToken: otherDesktopToken}, "page_token"},
+	}
+	for _, tc := range list {
+		t.Run("list/"+tc.name, func(t *testing.T) {
+			_, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(tc.req))
+			checkFieldViolation(t, err, tc.field)
+		})
+	}
+	streams := []struct {
+		name  string
+		req   *imagerecordsv1.StreamImageModifiedRecordsRequest
+		field string
+	}{
+		{"empty desktop", &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion}, "desktop_id"},
+		{"max_records -1", &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, MaxRecords: -1}, "max_records"},
+		{"junk token", &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, PageToken: "AAAA"}, "page_token"},
+	}
+	for _, tc := range streams {
+		t.Run("stream/"+tc.name, func(t *testing.T) {
+			stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(tc.req))
+			if err == nil {
+				_, err = drain(t, stream)
+			}
+			checkFieldViolation(t, err, tc.field)
+		})
+	}
+	t.Run("malformed JSON", func(t *testing.T) {
+		code, body := postJSON(t, h.url+"/ecd.imagerecords.v1.ImageRecordsService/ListImageModifiedRecords", `{"regionId": "cn-hangzhou", "desktopId": `)
+		if code != 400 || !strings.Contains(body, `"invalid_argument"`) {
+			t.Errorf("HTTP %d %s, want 400 invalid_argument", code, body)
+		}
+	})
+	if after := h.sim.Stats().Requests; after != before {
+		t.Errorf("bad input made %d upstream calls, want 0", after-before)
+	}
+}
+
+func checkFieldViolation(t *testing.T, err error, field string) {
+	t.Helper()
+	if connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Fatalf("err = %v, want InvalidArgument", err)
+	}
+	var cerr *connect.Error
+	errors.As(err, &cerr)
+	for _, d := range cerr.Details() {
+		v, derr := d.Value()
+		if br, ok := v.(*errdetails.BadRequest); derr == nil && ok {
+			for _, fv := range br.GetFieldViolations() {
+				if fv.GetField() == field {
+					return
+				}
+			}
+			t.Fatalf("BadRequest %v does not name %s", br, field)
+		}
+	}
+	t.Fatalf("no BadRequest detail in %v", err)
+}
+
+func errorInfo(t *testing.T, err error) *errdetails.ErrorInfo {
+	t.Helper()
+	return detail[*errdetails.ErrorInfo](t, err)
+}
+
+func retryInfo(t *testing.T, err error) *errdetails.RetryInfo {
+	t.Helper()
+	return detail[*errdetails.RetryInfo](t, err)
+}
+
+func detail[T any](t *testing.T, err error) T {
+	t.Helper()
+	var zero T
+	var cerr *connect.Error
+	if !errors.As(err, &cerr) {
+		t.Fatalf("%v is not a connect error", err)
+	}
+	for _, d := range cerr.Details() {
+		v, derr := d.Value()
+		if x, ok := v.(T); derr == nil && ok {
+			return x
+		}
+	}
+	t.Fatalf("no %T detail in %v", zero, err)
+	return zero
+}
+
+func TestStreamOutlivesReadHeaderTimeout(t *testing.T) {
+	t.Parallel()
+	// Five pages at 60 ms each take about three times the header timeout.
+	h := startHarness(t, harnessConfig{
+		desktops:          testDesktops,
+		faults:            ecdsim.Faults{Latency: 60 * time.Millisecond},
+		readHeaderTimeout: 100 * time.Millisecond,
+	})
+	start := time.Now()
+	stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: bigDesktop, MaxRecords: 500,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := drain(t, stream)
+	if err != nil {
+		t.Fatalf("after %v: %v", time.Since(start), err)
+	}
+	if got := recordsOf(msgs); len(got) != 500 {
+		t.Fatalf("got %d records, want 500", len(got))
+	}
+	if elapsed := time.Since(start); elapsed < 100*time.Millisecond {
+		t.Fatalf("the stream took %v, not longer than the header timeout: the test proves nothing", elapsed)
+	}
+}

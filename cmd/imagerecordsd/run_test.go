@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+
+	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
+	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
+	"github.com/imagerecords/imagerecords/upstream/ecdsim"
+)
+
+// syncBuffer is a bytes.Buffer safe for the server's writes and the test's reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startRun runs the real Run logic with args and returns the bound address.
+func startRun(t *testing.T, args ...string) (addr string, stdout, stderr *syncBuffer, stop func() error) {
+	t.Helper()
+	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args, stdout, stderr, func(a string) { ready <- a }) }()
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("run: %v\n%s", err, stderr)
+	}
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-done })
+		return runErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	return addr, stdout, stderr, stop
+}
+
+func postJSON(t *testing.T, url, body string) (int, string) {
+	t.Helper()
+	res, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.StatusCode, string(b)
+}
+
+func TestRunSimulateServesConnectJSON(t *testing.T) {
+	t.Parallel()
+	addr, stdout, stderr, stop := startRun(t, "--simulate", "--listen", "127.0.0.1:0")
+	desktop := ecdsim.DefaultDesktops(1)[0].ID
+	if !strings.Contains(stdout.String(), desktop) || !strings.Contains(stdout.String(), "curl") {
+		t.Errorf("the banner lacks the sample desktop or a curl line:\n%s", stdout)
+	}
+	base := "http://" + addr + "/ecd.imagerecords.v1.ImageRecordsService/ListImageModifiedRecords"
+
+	// What the README's curl line sends.
+	code, body := postJSON(t, base, `{"regionId":"cn-hangzhou","desktopId":"`+desktop+`","pageSize":3}`)
+	if code != http.StatusOK {
+		t.Fatalf("POST: HTTP %d %s", code, body)
+	}
+	var page struct {
+		Records []struct {
+			ImageID    string `json:"imageId"`
+			UpdateTime string `json:"updateTime"`
+		} `json:"records"`
+		NextPageToken string `json:"nextPageToken"`
+		TotalCount    int    `json:"totalCount"`
+	}
+	if err := json.Unmarshal([]byte(body), &page); err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Records) != 3 || page.Records[0].ImageID == "" || page.Records[0].UpdateTime == "" || page.TotalCount != 1234 || page.NextPageToken == "" {
+		t.Fatalf("POST answered %s", body)
+	}
+
+	// Connect GET, for the side-effect-free call.
+	q := url.Values{"connect": {"v1"}, "encoding": {"json"}, "message": {`{"regionId":"cn-hangzhou","desktopId":"` + desktop + `","pageSize":2}`}}
+	res, err := http.Get(base + "?" + q.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	getBody, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || !strings.Contains(string(getBody), `"totalCount":1234`) {
+		t.Fatalf("GET: HTTP %d %s", res.StatusCode, getBody)
+	}
+
+	// Health and reflection, as mesh probes and grpcurl use them.
+	health := grpchealth.NewClient(h2c(), "http://"+addr, connect.WithGRPC())
+	hres, err := health.Check(t.Context(), &grpchealth.CheckRequest{})
+	if err != nil || hres.Status != grpchealth.StatusServing {
+		t.Fatalf("health: %v %v", hres, err)
+	}
+	refl := grpcreflect.NewClient(h2c(), "http://"+addr, connect.WithGRPC())
+	rs := refl.NewStream(t.Context())
+	names, err := rs.ListServices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = rs.Close()
+	found := false
+	for _, n := range names {
+		found = found || string(n) == imagerecordsv1connect.ImageRecordsServiceName
+	}
+	if !found {
+		t.Errorf("reflection lists %v", names)
+	}
+
+	if err := stop(); err != nil {
+		t.Fatalf("Run returned %v after a clean shutdown", err)
+	}
+	for _, msg := range []string{`"msg":"serving"`, `"msg":"stopped"`} {
+		if !strings.Contains(stderr.String(), msg) {
+			t.Errorf("logs lack %s:\n%s", msg, stderr)
+		}
+	}
+}
+
+func TestRunRejectsBadFlags(t *testing.T) {
+	t.Parallel()
+	testCases := [][]string{
+		{"--signature", "v2"},
+		{"--simulate", "--upstream-endpoint", "http://127.0.0.1:1"},
+		{"--no-such-flag"},
+		{"stray-argument"},
+	}
+	for _, args := range testCases {
+		err := Run(t.Context(), args, io.Discard, io.Discard)
+		if _, ok := err.(usageError); !ok {
+			t.Errorf("Run(%q) = %v, want a usage error", args, err)
+		}
+	}
+}
+
+func TestShutdownDrainsInFlightStreams(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessConfig{
+		desktops: testDesktops,
+		faults:   ecdsim.Faults{Latency: 30 * time.Millisecond},
+	})
+	stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: bigDesktop,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !stream.Receive() {
+		t.Fatal(stream.Err())
+	}
+	got := len(stream.Msg().GetRecords())
+	stopped := make(chan error, 1)
+	go func() { stopped <- h.stop() }() // SIGTERM while the stream runs
+	for stream.Receive() {
+		got += len(stream.Msg().GetRecords())
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatalf("the stream was cut by the shutdown: %v", err)
+	}
+	if got != 1234 {
+		t.Fatalf("got %d records across the shutdown, want 1234", got)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("serve returned %v", err)
+	}
+	res, err := h.gateway.health.Check(t.Context(), &grpchealth.CheckRequest{})
+	if err != nil || res.Status != grpchealth.StatusNotServing {
+		t.Errorf("health after shutdown: %v %v", res, err)
+	}
+}
+
+func TestShutdownCancelsStreamsAfterGrace(t *testing.T) {
+	t.Parallel()
+	const huge = "ecd-huge00000100000"
+	h := startHarness(t, harnessConfig{
+		desktops:      []ecdsim.Desktop{{ID: huge, Records: 100_000}},
+		faults:        ecdsim.Faults{Latency: 20 * time.Millisecond},
+		shutdownGrace: 100 * time.Millisecond,
+	})
+	stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: huge,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !stream.Receive() {
+		t.Fatal(stream.Err())
+	}
+	if err := h.stop(); err != nil {
+		t.Fatalf("serve returned %v", err)
+	}
+	for stream.Receive() {
+	}
+	if stream.Err() == nil {
+		t.Fatal("a 1,000-page stream finished within a 100 ms grace period")
+	}
+	h.handlers.Wait()
+}

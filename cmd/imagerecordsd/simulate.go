@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/ecdsim"
+)
+
+// simulation is the embedded ECD simulator of --simulate: a real HTTP
+// server on a loopback port, verifying the gateway's signatures made with a
+// key pair generated for this run.
+type simulation struct {
+	endpoint    string
+	credentials upstream.StaticCredentials
+	desktops    []ecdsim.Desktop
+	server      *http.Server
+}
+
+// simulatedRegion is the region the banner's examples use; the simulator
+// serves its desktops in any region.
+const simulatedRegion = "cn-hangzhou"
+
+func startSimulation(seed int64, logger *slog.Logger) (*simulation, error) {
+	creds := upstream.StaticCredentials{
+		AccessKeyID:     "LTAIsim" + rand.Text()[:12],
+		AccessKeySecret: rand.Text(),
+	}
+	sim, err := ecdsim.New(ecdsim.Config{
+		Seed: seed,
+		Keys: []ecdsim.Key{{AccessKeyID: creds.AccessKeyID, AccessKeySecret: creds.AccessKeySecret}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("starting the simulator: %w", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("starting the simulator: %w", err)
+	}
+	s := &simulation{
+		endpoint:    "http://" + ln.Addr().String(),
+		credentials: creds,
+		desktops:    sim.Desktops(),
+		server:      &http.Server{Handler: sim, ReadHeaderTimeout: 10 * time.Second},
+	}
+	go func() {
+		if err := s.server.Serve(ln); err != nil && err != http.ErrServerClosed {
+			logger.Error("simulator stopped", slog.String("error", err.Error()))
+		}
+	}()
+	ids := make([]string, len(s.desktops))
+	for i, d := range s.desktops {
+		ids[i] = d.ID
+	}
+	logger.Info("simulator started", slog.String("endpoint", s.endpoint), slog.Int64("seed", seed),
+		slog.String("region", simulatedRegion), slog.Any("desktop_ids", ids))
+	return s, nil
+}
+
+func (s *simulation) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = s.server.Shutdown(ctx)
+}
+
+// printBanner tells a new user what to try.
+func (s *simulation) printBanner(w io.Writer, addr string) {
+	fmt.Fprintf(w, "imagerecordsd is serving on http://%s, answering from the embedded ECD simulator at %s.\n\n", addr, s.endpoint)
+	fmt.Fprintf(w, "Sample desktops (region %s):\n", simulatedRegion)
+	for _, d := range s.desktops {
+		fmt.Fprintf(w, "  %s  %5d records\n", d.ID, d.Records)
+	}
+	if len(s.desktops) == 0 {
+		return
+	}
+	d := s.desktops[0]
+	fmt.Fprintf(w, "\nTry:\n  curl -sS -X POST http://%s/ecd.imagerecords.v1.ImageRecordsService/ListImageModifiedRecords \\\n"+
+		"    -H 'Content-Type: application/json' \\\n    -d '{\"regionId\":\"%s\",\"desktopId\":\"%s\",\"pageSize\":3}'\n\n",
+		addr, simulatedRegion, d.ID)
+}
