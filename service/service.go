@@ -5,6 +5,7 @@ import (
 	"log/slog"
 
 	"connectrpc.com/connect"
+	"go.opentelemetry.io/otel/metric"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
 	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
@@ -13,8 +14,10 @@ import (
 
 // Service implements [imagerecordsv1connect.ImageRecordsServiceHandler].
 type Service struct {
-	api    upstream.API
-	logger *slog.Logger
+	api           upstream.API
+	logger        *slog.Logger
+	meterProvider metric.MeterProvider
+	metrics       instruments
 }
 
 var _ imagerecordsv1connect.ImageRecordsServiceHandler = (*Service)(nil)
@@ -29,10 +32,11 @@ func WithLogger(l *slog.Logger) Option {
 
 // New returns a service that reads records through api.
 func New(api upstream.API, opts ...Option) *Service {
-	s := &Service{api: api, logger: slog.New(slog.DiscardHandler)}
+	s := &Service{api: api, logger: slog.New(slog.DiscardHandler), meterProvider: defaultMeterProvider()}
 	for _, opt := range opts {
 		opt(s)
 	}
+	s.metrics = newInstruments(s.meterProvider)
 	return s
 }
 
@@ -46,6 +50,7 @@ func (s *Service) ListImageModifiedRecords(ctx context.Context, req *connect.Req
 	if err := v.err(); err != nil {
 		return nil, err
 	}
+	annotate(ctx, msg.GetRegionId(), msg.GetDesktopId())
 	// A token from a stream cut by max_records points into an upstream
 	// page: ask for the records already delivered too, and drop them.
 	in := upstream.DescribeInput{
@@ -67,6 +72,8 @@ func (s *Service) ListImageModifiedRecords(ctx context.Context, req *connect.Req
 		records = records[:pageSize]
 		next = position{upstreamToken: pos.upstreamToken, skip: pos.skip + pageSize}
 	}
+	s.metrics.pages.Add(ctx, 1, methodList)
+	s.metrics.records.Add(ctx, int64(len(records)), methodList)
 	return connect.NewResponse(&imagerecordsv1.ListImageModifiedRecordsResponse{
 		Records:       convertRecords(records),
 		NextPageToken: encodeToken(in.RegionID, in.DesktopID, next),
@@ -91,6 +98,9 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 	if err := v.err(); err != nil {
 		return err
 	}
+	annotate(ctx, region, desktop)
+	s.metrics.activeStreams.Add(ctx, 1)
+	defer s.metrics.activeStreams.Add(context.WithoutCancel(ctx), -1)
 	remaining := msg.GetMaxRecords() // 0: unlimited
 	skip := pos.skip
 	in := upstream.DescribeInput{RegionID: region, DesktopID: desktop, NextToken: pos.upstreamToken}
@@ -123,6 +133,8 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 			}
 			return err
 		}
+		s.metrics.pages.Add(ctx, 1, methodStream)
+		s.metrics.records.Add(ctx, int64(len(records)), methodStream)
 		if done {
 			return nil
 		}

@@ -15,6 +15,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 const (
@@ -80,6 +87,7 @@ var _ API = (*Client)(nil)
 // for concurrent use.
 type Client struct {
 	endpoint         string
+	transport        http.RoundTripper
 	httpClient       *http.Client
 	credentials      CredentialsProvider
 	signature        SignatureVersion
@@ -87,6 +95,9 @@ type Client struct {
 	maxResponseBytes int64
 	now              func() time.Time
 	logger           *slog.Logger
+	tracerProvider   trace.TracerProvider
+	meterProvider    metric.MeterProvider
+	metrics          instruments
 }
 
 // Option configures a [Client].
@@ -99,12 +110,11 @@ func WithEndpoint(baseURL string) Option {
 	return func(c *Client) { c.endpoint = strings.TrimRight(baseURL, "/") }
 }
 
-// WithHTTPClient sets the HTTP client, e.g. one whose transport is wrapped
-// for tracing. Default: a client with a keep-alive pool sized for many
-// concurrent streams and no overall timeout (the caller's context bounds
-// each request).
-func WithHTTPClient(hc *http.Client) Option {
-	return func(c *Client) { c.httpClient = hc }
+// WithTransport sets the transport that carries the upstream requests.
+// The client adds tracing and response decoding on top of it. Default:
+// [NewTransport].
+func WithTransport(rt http.RoundTripper) Option {
+	return func(c *Client) { c.transport = rt }
 }
 
 // WithSignatureVersion selects V3 (default) or V1 signing.
@@ -135,6 +145,18 @@ func WithMaxResponseBytes(n int64) Option {
 	return func(c *Client) { c.maxResponseBytes = n }
 }
 
+// WithTracerProvider sets where the span of every upstream attempt goes.
+// Default: the global OTel tracer provider.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(c *Client) { c.tracerProvider = tp }
+}
+
+// WithMeterProvider sets where the upstream metrics go. Default: the
+// global OTel meter provider.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return func(c *Client) { c.meterProvider = mp }
+}
+
 // NewClient returns a client that signs with the credentials from creds,
 // fetched anew for every attempt.
 func NewClient(creds CredentialsProvider, opts ...Option) *Client {
@@ -145,15 +167,32 @@ func NewClient(creds CredentialsProvider, opts ...Option) *Client {
 		maxResponseBytes: DefaultMaxResponseBytes,
 		now:              time.Now,
 		logger:           slog.New(slog.DiscardHandler),
+		tracerProvider:   otel.GetTracerProvider(),
+		meterProvider:    otel.GetMeterProvider(),
 	}
 	for _, opt := range opts {
 		opt(c)
 	}
-	if c.httpClient == nil {
-		c.httpClient = &http.Client{Transport: NewTransport()}
+	if c.transport == nil {
+		c.transport = NewTransport()
+	}
+	c.metrics = newInstruments(c.meterProvider)
+	c.httpClient = &http.Client{
+		Transport: otelhttp.NewTransport(&answerTransport{base: c.transport, maxBytes: c.maxResponseBytes},
+			otelhttp.WithTracerProvider(c.tracerProvider),
+			otelhttp.WithMeterProvider(c.meterProvider),
+			// Trace context stays inside: the upstream is a third party.
+			otelhttp.WithPropagators(propagation.NewCompositeTextMapPropagator()),
+			otelhttp.WithSpanNameFormatter(func(string, *http.Request) string { return SpanName }),
+		),
+		// A signed request is never replayed to another address.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	return c
 }
+
+// SpanName names the client span of every upstream attempt.
+const SpanName = "ecd " + Action
 
 // NewTransport returns the default upstream transport: HTTP/2 where the
 // endpoint offers it, and a keep-alive pool large enough that concurrent
@@ -183,9 +222,13 @@ func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeIn
 	if err := in.check(); err != nil {
 		return nil, err
 	}
+	stats := callStatsFrom(ctx)
 	onceOnly := 0 // retries granted to codes that deserve exactly one
 	for attempt := 1; ; attempt++ {
-		page, err := c.attempt(ctx, in)
+		page, err := c.attempt(ctx, in, attempt)
+		if stats != nil {
+			stats.Calls.Add(1)
+		}
 		if err == nil {
 			page.Token = in.NextToken
 			return page, nil
@@ -194,6 +237,16 @@ func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeIn
 		if !retry {
 			return nil, err
 		}
+		code := errorCode(err)
+		c.metrics.retries.Add(ctx, 1, metric.WithAttributes(attribute.String("error.code", code)))
+		if stats != nil {
+			stats.Retries.Add(1)
+		}
+		trace.SpanFromContext(ctx).AddEvent("upstream retry backoff", trace.WithAttributes(
+			attribute.Int("ecd.attempt", attempt),
+			attribute.String("ecd.error.code", code),
+			attribute.Int64("ecd.backoff_ms", delay.Milliseconds()),
+		))
 		c.logger.LogAttrs(ctx, slog.LevelDebug, "retrying upstream call",
 			slog.Int("attempt", attempt), slog.Duration("backoff", delay), slog.String("error", err.Error()))
 		t := time.NewTimer(delay)
@@ -234,36 +287,36 @@ func validRegion(r string) bool {
 	return true
 }
 
-func (c *Client) attempt(ctx context.Context, in DescribeInput) (*Page, error) {
+func (c *Client) attempt(ctx context.Context, in DescribeInput, attempt int) (*Page, error) {
 	creds, err := c.credentials.Credentials(ctx)
 	if err != nil {
+		if !errors.Is(err, ErrNoCredentials) {
+			err = fmt.Errorf("%w: %w", ErrNoCredentials, err)
+		}
 		return nil, err
 	}
-	req, err := c.newRequest(ctx, in, creds)
+	a := &answer{in: in, attempt: attempt, page: pageNumberFrom(ctx)}
+	req, err := c.newRequest(context.WithValue(ctx, answerKey{}, a), in, creds)
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	resp, err := c.httpClient.Do(req)
-	if err != nil {
-		// The URL of a V1 request carries the AccessKeyId, the signature
-		// and any STS token: keep it out of the error.
+	if err == nil {
+		resp.Body.Close() // answerTransport has read it
+		err = a.err
+	} else {
+		// The URL may carry request parameters: keep it out of the error.
 		if ue, ok := errors.AsType[*url.Error](err); ok {
 			err = fmt.Errorf("%s %s: %w", ue.Op, req.URL.Host, ue.Err)
 		}
-		return nil, &networkError{err: err}
+		err = &networkError{err: err}
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, c.maxResponseBytes+1))
+	c.metrics.record(ctx, time.Since(start), err)
 	if err != nil {
-		return nil, &networkError{err: fmt.Errorf("reading upstream response: %w", err)}
+		return nil, err
 	}
-	if int64(len(body)) > c.maxResponseBytes {
-		return nil, fmt.Errorf("%w: body larger than %d bytes", ErrMalformedResponse, c.maxResponseBytes)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, parseAPIError(resp, body)
-	}
-	return decodePage(body)
+	return a.result, nil
 }
 
 // networkError marks a failure to get an answer at all; it is retried.
@@ -292,6 +345,7 @@ func (c *Client) newRequest(ctx context.Context, in DescribeInput, creds Credent
 	nonce := newNonce()
 	header := http.Header{}
 	header.Set("Accept", "application/json")
+	body := ""
 	switch c.signature {
 	case SignatureV1:
 		params.Set("Action", Action)
@@ -306,7 +360,11 @@ func (c *Client) newRequest(ctx context.Context, in DescribeInput, creds Credent
 			params.Set("SecurityToken", creds.SecurityToken)
 		}
 		sig := V1Signature(creds.AccessKeySecret, http.MethodPost, params)
-		u.RawQuery = CanonicalQuery(params) + "&Signature=" + PercentEncode(sig)
+		// The parameters go in a form body, not the query string as the
+		// official SDK does, so that the AccessKeyId, the STS token and the
+		// signature never appear in a URL (in traces, proxy logs, errors).
+		body = CanonicalQuery(params) + "&Signature=" + PercentEncode(sig)
+		header.Set("Content-Type", "application/x-www-form-urlencoded")
 	default:
 		signed := map[string]string{
 			"host":                  u.Host,
@@ -335,7 +393,11 @@ func (c *Client) newRequest(ctx context.Context, in DescribeInput, creds Credent
 		u.RawQuery = CanonicalQuery(params)
 	}
 	u.Path = "/"
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), http.NoBody)
+	var bodyReader io.Reader = http.NoBody
+	if body != "" {
+		bodyReader = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bodyReader)
 	if err != nil {
 		return nil, fmt.Errorf("building upstream request: %w", err)
 	}

@@ -41,13 +41,23 @@ type CredentialsProvider interface {
 	Credentials(ctx context.Context) (Credentials, error)
 }
 
-// StaticCredentials is a provider of fixed credentials.
+// StaticCredentials is a provider of fixed credentials. It formats
+// redacted, as Credentials does.
 type StaticCredentials Credentials
 
 // Credentials returns c.
 func (c StaticCredentials) Credentials(context.Context) (Credentials, error) {
 	return Credentials(c), nil
 }
+
+// String shows the AccessKeyId only.
+func (c StaticCredentials) String() string { return Credentials(c).String() }
+
+// GoString is String, so %#v redacts too.
+func (c StaticCredentials) GoString() string { return Credentials(c).String() }
+
+// LogValue logs the AccessKeyId only.
+func (c StaticCredentials) LogValue() slog.Value { return Credentials(c).LogValue() }
 
 // ErrNoCredentials reports that no credentials could be obtained; the
 // gateway, not its caller, is misconfigured.

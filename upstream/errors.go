@@ -3,6 +3,7 @@ package upstream
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 )
 
@@ -16,7 +17,8 @@ type APIError struct {
 	// when the body was not the usual error JSON.
 	Code string
 	// Message is the upstream's explanation. For signature errors it may
-	// quote the string to sign, so it is not for the gateway's callers.
+	// quote the string to sign, with the STS token in it: it is not for
+	// the gateway's callers or logs, and Error leaves it out.
 	Message string
 	// RequestID identifies the request for an Alibaba Cloud support ticket.
 	RequestID string
@@ -38,7 +40,9 @@ func (e *APIError) Error() string {
 		b.WriteString(e.Code)
 	}
 	fmt.Fprintf(&b, " (HTTP %d)", e.HTTPStatus)
-	if e.Message != "" {
+	// The message of a signature or credentials error may quote the string
+	// to sign, with the AccessKeyId and STS token in it: never print it.
+	if k := e.Kind(); e.Message != "" && k != KindGatewaySignature && k != KindGatewayCredentials {
 		b.WriteString(": ")
 		b.WriteString(e.Message)
 	}
@@ -97,6 +101,8 @@ func (e *APIError) Kind() Kind {
 		return KindNotFound
 	case strings.HasPrefix(c, "Missing") || strings.HasPrefix(c, "Invalid"):
 		return KindInvalidArgument
+	case e.HTTPStatus == http.StatusTooManyRequests:
+		return KindThrottled
 	case e.HTTPStatus >= 500:
 		return KindUnavailable
 	}

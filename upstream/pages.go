@@ -25,7 +25,7 @@ func Pages(ctx context.Context, api API, in DescribeInput) iter.Seq2[*Page, erro
 			seen[in.NextToken] = 0
 		}
 		for n := 1; ; n++ {
-			page, err := api.DescribeImageModifiedRecords(ctx, in)
+			page, err := api.DescribeImageModifiedRecords(withPageNumber(ctx, n), in)
 			if err != nil {
 				yield(nil, err)
 				return

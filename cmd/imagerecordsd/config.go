@@ -19,6 +19,8 @@ const envPrefix = "IMAGERECORDS_"
 
 type config struct {
 	listen            string
+	adminListen       string
+	trustRemoteTrace  bool
 	upstreamEndpoint  string
 	signature         upstream.SignatureVersion
 	simulate          bool
@@ -36,6 +38,8 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("imagerecordsd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:8080", "address to serve Connect, gRPC and gRPC-Web on (HTTP/1.1 and h2c)")
+	fs.StringVar(&cfg.adminListen, "admin-listen", "", "address for the admin listener with /metrics (Prometheus) and /healthz; empty: none")
+	fs.BoolVar(&cfg.trustRemoteTrace, "trust-remote-trace", true, "continue the caller's W3C trace (traceparent); false starts a new trace with a link to it")
 	fs.StringVar(&cfg.upstreamEndpoint, "upstream-endpoint", "", "upstream base URL overriding the regional https://ecd.<region>.aliyuncs.com, e.g. https://ecd.vpc-proxy.aliyuncs.com")
 	signature := fs.String("signature", "v3", "upstream signature version: v3 (ACS3-HMAC-SHA256) or v1 (HMAC-SHA1)")
 	fs.BoolVar(&cfg.simulate, "simulate", false, "serve from an embedded ECD simulator on a loopback port, with generated keys; no cloud account needed")

@@ -14,6 +14,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/aliyun/credentials-go/credentials"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
 	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
@@ -24,10 +25,11 @@ import (
 // harness is a gateway served by the real serve path on a loopback port,
 // answering from a simulator on another loopback port.
 type harness struct {
-	sim     *ecdsim.Simulator
-	simURL  string
-	url     string
-	gateway *gateway
+	sim       *ecdsim.Simulator
+	simURL    string
+	url       string
+	gateway   *gateway
+	telemetry *telemetry
 	// handlers tracks the gateway's in-flight HTTP handlers, so a test can
 	// wait for the server side of a cancelled stream to finish.
 	handlers sync.WaitGroup
@@ -43,6 +45,11 @@ type harnessConfig struct {
 	secretOverride    string // sign with this secret instead of the registered one
 	readHeaderTimeout time.Duration
 	shutdownGrace     time.Duration
+	spans             sdktrace.SpanProcessor // e.g. a tracetest.SpanRecorder
+	logs              io.Writer              // JSON logs; nil discards them
+	credentials       upstream.CredentialsProvider
+	wrapSim           func(http.Handler) http.Handler // fault injection around the simulator
+	keys              []ecdsim.Key                    // default: the test key
 }
 
 const (
@@ -68,16 +75,23 @@ func startHarness(t *testing.T, cfg harnessConfig) *harness {
 	if cfg.signature == "" {
 		cfg.signature = upstream.SignatureV3
 	}
+	if cfg.keys == nil {
+		cfg.keys = []ecdsim.Key{{AccessKeyID: testKeyID, AccessKeySecret: testKeySecret}}
+	}
 	sim, err := ecdsim.New(ecdsim.Config{
 		Seed:     7,
 		Desktops: cfg.desktops,
-		Keys:     []ecdsim.Key{{AccessKeyID: testKeyID, AccessKeySecret: testKeySecret}},
+		Keys:     cfg.keys,
 		Faults:   cfg.faults,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	simServer := httptest.NewServer(sim)
+	var simHandler http.Handler = sim
+	if cfg.wrapSim != nil {
+		simHandler = cfg.wrapSim(sim)
+	}
+	simServer := httptest.NewServer(simHandler)
 	t.Cleanup(simServer.Close)
 
 	secret := testKeySecret
@@ -92,13 +106,35 @@ func startHarness(t *testing.T, cfg harnessConfig) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := upstream.NewClient(upstream.CredentialsLibrary{Credential: cred},
+	var creds upstream.CredentialsProvider = upstream.CredentialsLibrary{Credential: cred}
+	if cfg.credentials != nil {
+		creds = cfg.credentials
+	}
+	var processors []sdktrace.SpanProcessor
+	if cfg.spans != nil {
+		processors = append(processors, cfg.spans)
+	}
+	tel, err := newTelemetry(t.Context(), processors...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.DiscardHandler)
+	if cfg.logs != nil {
+		logger = slog.New(traceLogHandler{slog.NewJSONHandler(cfg.logs, &slog.HandlerOptions{Level: slog.LevelDebug})})
+	}
+	client := upstream.NewClient(creds,
 		upstream.WithEndpoint(simServer.URL),
 		upstream.WithSignatureVersion(cfg.signature),
 		upstream.WithRetryPolicy(cfg.retry),
+		upstream.WithLogger(logger),
+		upstream.WithTracerProvider(tel.tracerProvider),
+		upstream.WithMeterProvider(tel.meterProvider),
 	)
-	h := &harness{sim: sim, simURL: simServer.URL}
-	h.gateway = newGateway(client, slog.New(slog.DiscardHandler))
+	h := &harness{sim: sim, simURL: simServer.URL, telemetry: tel}
+	h.gateway, err = newGateway(client, logger, tel, true)
+	if err != nil {
+		t.Fatal(err)
+	}
 	inner := h.gateway.handler
 	h.gateway.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.handlers.Add(1)
@@ -113,7 +149,7 @@ func startHarness(t *testing.T, cfg harnessConfig) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() {
-		served <- h.gateway.serve(ctx, ln, config{shutdownGrace: cfg.shutdownGrace, readHeaderTimeout: cfg.readHeaderTimeout})
+		served <- h.gateway.serve(ctx, ln, nil, config{shutdownGrace: cfg.shutdownGrace, readHeaderTimeout: cfg.readHeaderTimeout})
 	}()
 	var once sync.Once
 	var serveErr error
@@ -153,6 +189,11 @@ var protocols = []struct {
 
 func (h *harness) client(opts ...connect.ClientOption) imagerecordsv1connect.ImageRecordsServiceClient {
 	return imagerecordsv1connect.NewImageRecordsServiceClient(h2c(), h.url, opts...)
+}
+
+// newClient is a client of the gateway at addr (host:port) over h2c.
+func newClient(addr string, opts ...connect.ClientOption) imagerecordsv1connect.ImageRecordsServiceClient {
+	return imagerecordsv1connect.NewImageRecordsServiceClient(h2c(), "http://"+addr, opts...)
 }
 
 // drain receives a whole stream.

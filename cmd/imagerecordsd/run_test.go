@@ -42,13 +42,26 @@ func (s *syncBuffer) String() string {
 // startRun runs the real Run logic with args and returns the bound address.
 func startRun(t *testing.T, args ...string) (addr string, stdout, stderr *syncBuffer, stop func() error) {
 	t.Helper()
+	addrs, stdout, stderr, stop := startRunFull(t, args...)
+	return addrs.api, stdout, stderr, stop
+}
+
+// startRunAddrs is startRun for tests that need the admin address too.
+func startRunAddrs(t *testing.T, args ...string) (listenAddrs, func() error) {
+	t.Helper()
+	addrs, _, _, stop := startRunFull(t, args...)
+	return addrs, stop
+}
+
+func startRunFull(t *testing.T, args ...string) (addrs listenAddrs, stdout, stderr *syncBuffer, stop func() error) {
+	t.Helper()
 	stdout, stderr = &syncBuffer{}, &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
+	ready := make(chan listenAddrs, 1)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, stdout, stderr, func(a string) { ready <- a }) }()
+	go func() { done <- run(ctx, args, stdout, stderr, func(a listenAddrs) { ready <- a }) }()
 	select {
-	case addr = <-ready:
+	case addrs = <-ready:
 	case err := <-done:
 		cancel()
 		t.Fatalf("run: %v\n%s", err, stderr)
@@ -60,7 +73,7 @@ func startRun(t *testing.T, args ...string) (addr string, stdout, stderr *syncBu
 		return runErr
 	}
 	t.Cleanup(func() { _ = stop() })
-	return addr, stdout, stderr, stop
+	return addrs, stdout, stderr, stop
 }
 
 func postJSON(t *testing.T, url, body string) (int, string) {

@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
+	"connectrpc.com/otelconnect"
 
 	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
 	"github.com/imagerecords/imagerecords/service"
@@ -27,18 +29,32 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return run(ctx, args, stdout, stderr, nil)
 }
 
-// run is Run with a hook that learns the bound address, for tests that
+// run is Run with a hook that learns the bound addresses, for tests that
 // listen on port 0.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready func(addr string)) error {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready func(addrs listenAddrs)) error {
 	cfg, err := parseConfig(args, stderr)
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	logger := slog.New(traceLogHandler{slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel})})
+	tel, err := newTelemetry(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Flush what is buffered (the last spans of drained streams).
+		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tel.shutdown(flushCtx); err != nil {
+			logger.Warn("telemetry flush failed", slog.String("error", err.Error()))
+		}
+	}()
 
 	clientOpts := []upstream.Option{
 		upstream.WithSignatureVersion(cfg.signature),
 		upstream.WithLogger(logger),
+		upstream.WithTracerProvider(tel.tracerProvider),
+		upstream.WithMeterProvider(tel.meterProvider),
 	}
 	var creds upstream.CredentialsProvider
 	var sim *simulation
@@ -62,21 +78,39 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	}
 	client := upstream.NewClient(creds, clientOpts...)
 
-	gw := newGateway(client, logger)
+	gw, err := newGateway(client, logger, tel, cfg.trustRemoteTrace)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.listen, err)
 	}
-	addr := ln.Addr().String()
-	logger.Info("serving", slog.String("addr", addr), slog.String("signature", string(cfg.signature)),
-		slog.String("upstream", describeUpstream(cfg, sim)))
+	addrs := listenAddrs{api: ln.Addr().String()}
+	var adminLn net.Listener
+	if cfg.adminListen != "" {
+		if adminLn, err = net.Listen("tcp", cfg.adminListen); err != nil {
+			ln.Close()
+			return fmt.Errorf("listening on %s: %w", cfg.adminListen, err)
+		}
+		addrs.admin = adminLn.Addr().String()
+	}
+	logger.Info("serving", slog.String("addr", addrs.api), slog.String("admin_addr", addrs.admin),
+		slog.String("signature", string(cfg.signature)), slog.String("upstream", describeUpstream(cfg, sim)),
+		slog.String("version", version()))
 	if sim != nil {
-		sim.printBanner(stdout, addr)
+		sim.printBanner(stdout, addrs.api)
 	}
 	if ready != nil {
-		ready(addr)
+		ready(addrs)
 	}
-	return gw.serve(ctx, ln, cfg)
+	return gw.serve(ctx, ln, adminLn, cfg)
+}
+
+// listenAddrs are the addresses the gateway bound.
+type listenAddrs struct {
+	api   string
+	admin string // empty without --admin-listen
 }
 
 func describeUpstream(cfg config, sim *simulation) string {
@@ -89,35 +123,65 @@ func describeUpstream(cfg config, sim *simulation) string {
 	return "https://ecd.<region>.aliyuncs.com"
 }
 
-// gateway is the HTTP side: the service, health and reflection on one mux.
+// gateway is the HTTP side: the service, health and reflection on one mux,
+// and the admin mux with metrics.
 type gateway struct {
-	handler http.Handler
-	health  *grpchealth.StaticChecker
-	logger  *slog.Logger
+	handler  http.Handler
+	admin    http.Handler
+	health   *grpchealth.StaticChecker
+	draining atomic.Bool
+	logger   *slog.Logger
 }
 
-// newGateway wires the service with its interceptors. Extra handler options
-// (e.g. tracing interceptors) are appended to the defaults.
-func newGateway(api upstream.API, logger *slog.Logger, extra ...connect.HandlerOption) *gateway {
-	opts := append([]connect.HandlerOption{
+// newGateway wires the service with its interceptors: tracing and RPC
+// metrics outermost, then the access log, then panic recovery.
+func newGateway(api upstream.API, logger *slog.Logger, tel *telemetry, trustRemoteTrace bool) (*gateway, error) {
+	otelOpts := []otelconnect.Option{
+		otelconnect.WithTracerProvider(tel.tracerProvider),
+		otelconnect.WithMeterProvider(tel.meterProvider),
+		otelconnect.WithPropagator(tel.propagator),
+	}
+	if trustRemoteTrace {
+		otelOpts = append(otelOpts, otelconnect.WithTrustRemote())
+	}
+	tracing, err := otelconnect.NewInterceptor(otelOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("tracing interceptor: %w", err)
+	}
+	opts := []connect.HandlerOption{
 		connect.WithCompressMinBytes(1024),
+		connect.WithInterceptors(tracing, accessLog{logger: logger}),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.LogAttrs(ctx, slog.LevelError, "panic in handler", slog.String("procedure", spec.Procedure), slog.Any("panic", p))
 			return connect.NewError(connect.CodeInternal, errors.New("internal error"))
 		}),
-	}, extra...)
+	}
+	svc := service.New(api, service.WithLogger(logger), service.WithMeterProvider(tel.meterProvider))
 	mux := http.NewServeMux()
-	mux.Handle(imagerecordsv1connect.NewImageRecordsServiceHandler(service.New(api, service.WithLogger(logger)), opts...))
+	mux.Handle(imagerecordsv1connect.NewImageRecordsServiceHandler(svc, opts...))
 	health := grpchealth.NewStaticChecker(imagerecordsv1connect.ImageRecordsServiceName)
 	mux.Handle(grpchealth.NewHandler(health))
 	reflector := grpcreflect.NewStaticReflector(imagerecordsv1connect.ImageRecordsServiceName)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
-	return &gateway{handler: mux, health: health, logger: logger}
+
+	g := &gateway{handler: mux, health: health, logger: logger}
+	admin := http.NewServeMux()
+	admin.Handle("GET /metrics", tel.metrics)
+	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if g.draining.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	g.admin = admin
+	return g, nil
 }
 
-// serve serves on ln until ctx is done, then drains.
-func (g *gateway) serve(ctx context.Context, ln net.Listener, cfg config) error {
+// serve serves on ln (and adminLn, when not nil) until ctx is done, then
+// drains.
+func (g *gateway) serve(ctx context.Context, ln, adminLn net.Listener, cfg config) error {
 	// Handlers run under base, not under ctx: a SIGTERM must let in-flight
 	// streams finish, and cancels them only when the grace period is over.
 	base, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
@@ -133,14 +197,25 @@ func (g *gateway) serve(ctx context.Context, ln net.Listener, cfg config) error 
 		BaseContext:       func(net.Listener) context.Context { return base },
 		ErrorLog:          slog.NewLogLogger(g.logger.Handler(), slog.LevelWarn),
 	}
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
+	var adminSrv *http.Server
+	if adminLn != nil {
+		adminSrv = &http.Server{Handler: g.admin, ReadHeaderTimeout: cfg.readHeaderTimeout}
+		go func() {
+			if err := adminSrv.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				g.logger.Error("admin listener stopped", slog.String("error", err.Error()))
+			}
+		}()
+		defer adminSrv.Close()
+	}
 	select {
 	case err := <-served:
 		return fmt.Errorf("serving: %w", err)
 	case <-ctx.Done():
 	}
 
+	g.draining.Store(true)
 	g.health.SetStatus("", grpchealth.StatusNotServing)
 	g.health.SetStatus(imagerecordsv1connect.ImageRecordsServiceName, grpchealth.StatusNotServing)
 	g.logger.Info("shutting down: draining in-flight requests", slog.Duration("grace", cfg.shutdownGrace))

@@ -142,7 +142,11 @@ func (s *Simulator) authV1(req *request, now time.Time) *apiError {
 	delete(p, "Signature")
 	want := upstream.V1Signature(key.AccessKeySecret, req.r.Method, p)
 	if !hmac.Equal([]byte(want), []byte(signature)) {
-		return errSignature("Specified signature is not matched with our calculation.")
+		// Like the real endpoint, quote the string to sign. It carries the
+		// AccessKeyId and any STS token, which is why the gateway must never
+		// pass this message on.
+		return errSignature("Specified signature is not matched with our calculation. server string to sign is:" +
+			upstream.V1StringToSign(req.r.Method, p))
 	}
 	if e := checkSecurityToken(key, p.Get("SecurityToken")); e != nil {
 		return e

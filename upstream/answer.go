@@ -1,0 +1,91 @@
+package upstream
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// answer is one attempt's request facts and decoded response. The client
+// puts it in the request context; answerTransport fills it in.
+type answer struct {
+	in      DescribeInput
+	attempt int
+	page    int // 1-based page of a Pages sequence; 0 when unknown
+
+	result *Page
+	err    error
+}
+
+type answerKey struct{}
+
+// answerTransport is the innermost transport: it reads and decodes the
+// response while the attempt's client span is still open, so the span
+// carries what only the body tells (the upstream RequestId, the error
+// code, the record count), then hands the client an empty body.
+type answerTransport struct {
+	base     http.RoundTripper
+	maxBytes int64
+}
+
+func (t *answerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	a, _ := req.Context().Value(answerKey{}).(*answer)
+	resp, err := t.base.RoundTrip(req)
+	if err != nil || a == nil {
+		return resp, err
+	}
+	a.result, a.err = readAnswer(resp, t.maxBytes)
+	resp.Body.Close()
+	resp.Body = http.NoBody
+	a.annotate(trace.SpanFromContext(req.Context()))
+	return resp, nil
+}
+
+func readAnswer(resp *http.Response, maxBytes int64) (*Page, error) {
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBytes+1))
+	if err != nil {
+		return nil, &networkError{err: fmt.Errorf("reading upstream response: %w", err)}
+	}
+	if int64(len(body)) > maxBytes {
+		return nil, fmt.Errorf("%w: body larger than %d bytes", ErrMalformedResponse, maxBytes)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, parseAPIError(resp, body)
+	}
+	return decodePage(body)
+}
+
+// annotate records the attempt on its client span. Attribute values are
+// ids and codes, never credentials.
+func (a *answer) annotate(span trace.Span) {
+	if !span.IsRecording() {
+		return
+	}
+	attrs := []attribute.KeyValue{
+		attribute.String("ecd.action", Action),
+		attribute.String("cloud.region", a.in.RegionID),
+		attribute.String("ecd.desktop_id", a.in.DesktopID),
+		attribute.Int("ecd.attempt", a.attempt),
+	}
+	if a.page > 0 {
+		attrs = append(attrs, attribute.Int("ecd.page", a.page))
+	}
+	if a.result != nil {
+		attrs = append(attrs,
+			attribute.String("ecd.request_id", a.result.RequestID),
+			attribute.Int("ecd.page.records", len(a.result.Records)),
+			attribute.Bool("ecd.throttled", false))
+	}
+	if apiErr, ok := a.err.(*APIError); ok {
+		attrs = append(attrs,
+			attribute.String("ecd.request_id", apiErr.RequestID),
+			attribute.String("ecd.error.code", apiErr.Code),
+			attribute.Bool("ecd.throttled", apiErr.Kind() == KindThrottled))
+	} else if a.err != nil {
+		attrs = append(attrs, attribute.String("ecd.error.code", errorCode(a.err)))
+	}
+	span.SetAttributes(attrs...)
+}

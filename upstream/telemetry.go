@@ -1,0 +1,113 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// instrumentationName names the client's meter.
+const instrumentationName = "github.com/imagerecords/imagerecords/upstream"
+
+// instruments are the client's metrics. Attributes are outcomes and error
+// codes only: never a desktop or region id, which are unbounded.
+type instruments struct {
+	calls     metric.Int64Counter
+	duration  metric.Float64Histogram
+	retries   metric.Int64Counter
+	throttles metric.Int64Counter
+}
+
+func newInstruments(mp metric.MeterProvider) instruments {
+	m := mp.Meter(instrumentationName)
+	var in instruments
+	// Instrument creation fails only for invalid names, fixed here; a
+	// failed instrument is a no-op, never a crash.
+	in.calls, _ = m.Int64Counter("imagerecords.upstream.calls",
+		metric.WithDescription("Upstream DescribeImageModifiedRecords attempts, by outcome and upstream error code."), metric.WithUnit("{call}"))
+	in.duration, _ = m.Float64Histogram("imagerecords.upstream.duration",
+		metric.WithDescription("Duration of upstream attempts."), metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+	in.retries, _ = m.Int64Counter("imagerecords.upstream.retries",
+		metric.WithDescription("Upstream attempts retried, by the error that caused the retry."), metric.WithUnit("{retry}"))
+	in.throttles, _ = m.Int64Counter("imagerecords.upstream.throttles",
+		metric.WithDescription("Upstream answers that were throttling errors."), metric.WithUnit("{call}"))
+	return in
+}
+
+func (in instruments) record(ctx context.Context, d time.Duration, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	attrs := metric.WithAttributes(attribute.String("outcome", outcome), attribute.String("error.code", errorCode(err)))
+	in.calls.Add(ctx, 1, attrs)
+	in.duration.Record(ctx, d.Seconds(), metric.WithAttributes(attribute.String("outcome", outcome)))
+	if apiErr, ok := errors.AsType[*APIError](err); ok && apiErr.Kind() == KindThrottled {
+		in.throttles.Add(ctx, 1)
+	}
+}
+
+// errorCode names err for metrics and spans: the upstream Code, or a fixed
+// word for failures without one.
+func errorCode(err error) string {
+	if err == nil {
+		return ""
+	}
+	if apiErr, ok := errors.AsType[*APIError](err); ok {
+		if apiErr.Code != "" {
+			return apiErr.Code
+		}
+		return "http_error"
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "deadline_exceeded"
+	case errors.Is(err, ErrMalformedResponse):
+		return "malformed_response"
+	case errors.Is(err, ErrNoCredentials):
+		return "no_credentials"
+	}
+	return "network"
+}
+
+// CallStats counts the upstream attempts made for one gateway RPC, for its
+// access-log line.
+type CallStats struct {
+	// Calls counts attempts, retries included.
+	Calls atomic.Int64
+	// Retries counts the attempts that were retried.
+	Retries atomic.Int64
+}
+
+type callStatsKey struct{}
+
+// WithCallStats returns a context in which the client counts its attempts
+// into stats.
+func WithCallStats(ctx context.Context, stats *CallStats) context.Context {
+	return context.WithValue(ctx, callStatsKey{}, stats)
+}
+
+func callStatsFrom(ctx context.Context) *CallStats {
+	s, _ := ctx.Value(callStatsKey{}).(*CallStats)
+	return s
+}
+
+type pageNumberKey struct{}
+
+// withPageNumber tells the client which page of a sequence it fetches, for
+// the attempt's span.
+func withPageNumber(ctx context.Context, n int) context.Context {
+	return context.WithValue(ctx, pageNumberKey{}, n)
+}
+
+func pageNumberFrom(ctx context.Context) int {
+	n, _ := ctx.Value(pageNumberKey{}).(int)
+	return n
+}
