@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/ecdsim"
 )
 
 // envPrefix leads the environment variable of every flag: --upstream-endpoint
@@ -25,6 +26,7 @@ type config struct {
 	signature         upstream.SignatureVersion
 	simulate          bool
 	simulateSeed      int64
+	simulateFaults    ecdsim.Faults
 	shutdownGrace     time.Duration
 	readHeaderTimeout time.Duration
 	logLevel          slog.Level
@@ -44,6 +46,9 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	signature := fs.String("signature", "v3", "upstream signature version: v3 (ACS3-HMAC-SHA256) or v1 (HMAC-SHA1)")
 	fs.BoolVar(&cfg.simulate, "simulate", false, "serve from an embedded ECD simulator on a loopback port, with generated keys; no cloud account needed")
 	fs.Int64Var(&cfg.simulateSeed, "simulate-seed", 1, "seed of the simulator's data (same seed, same desktops and records)")
+	fs.DurationVar(&cfg.simulateFaults.Latency, "simulate-latency", 0, "with --simulate: latency added to every upstream answer")
+	fs.Float64Var(&cfg.simulateFaults.ThrottleFraction, "simulate-throttle", 0, "with --simulate: fraction (0..1) of upstream calls answered Throttling.User")
+	fs.Float64Var(&cfg.simulateFaults.ServerErrorFraction, "simulate-server-errors", 0, "with --simulate: fraction (0..1) of upstream calls answered 503/500")
 	fs.DurationVar(&cfg.shutdownGrace, "shutdown-grace", 15*time.Second, "on SIGTERM, how long in-flight streams may run before they are cancelled")
 	fs.DurationVar(&cfg.readHeaderTimeout, "read-header-timeout", 10*time.Second, "how long a client may take to send request headers (streams themselves are never cut)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")

@@ -59,7 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	var creds upstream.CredentialsProvider
 	var sim *simulation
 	if cfg.simulate {
-		sim, err = startSimulation(cfg.simulateSeed, logger)
+		sim, err = startSimulation(cfg.simulateSeed, cfg.simulateFaults, logger)
 		if err != nil {
 			return err
 		}

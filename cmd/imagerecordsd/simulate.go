@@ -28,14 +28,15 @@ type simulation struct {
 // serves its desktops in any region.
 const simulatedRegion = "cn-hangzhou"
 
-func startSimulation(seed int64, logger *slog.Logger) (*simulation, error) {
+func startSimulation(seed int64, faults ecdsim.Faults, logger *slog.Logger) (*simulation, error) {
 	creds := upstream.StaticCredentials{
 		AccessKeyID:     "LTAIsim" + rand.Text()[:12],
 		AccessKeySecret: rand.Text(),
 	}
 	sim, err := ecdsim.New(ecdsim.Config{
-		Seed: seed,
-		Keys: []ecdsim.Key{{AccessKeyID: creds.AccessKeyID, AccessKeySecret: creds.AccessKeySecret}},
+		Seed:   seed,
+		Keys:   []ecdsim.Key{{AccessKeyID: creds.AccessKeyID, AccessKeySecret: creds.AccessKeySecret}},
+		Faults: faults,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("starting the simulator: %w", err)
