@@ -75,7 +75,11 @@ func (s *Service) fromAPIError(ctx context.Context, e *upstream.APIError) error 
 	var cerr *connect.Error
 	switch e.Kind() {
 	case upstream.KindThrottled:
-		cerr = withRetry(connect.NewError(connect.CodeUnavailable, errors.New("the upstream is throttling the gateway ("+e.Code+"); retry later")))
+		delay := retryAfter
+		if hint, ok := e.ThrottlingHint(); ok {
+			delay = max(hint, time.Millisecond)
+		}
+		cerr = withRetryAfter(connect.NewError(connect.CodeUnavailable, errors.New("the upstream is throttling the gateway ("+e.Code+"); retry later")), delay)
 	case upstream.KindUnavailable:
 		cerr = withRetry(connect.NewError(connect.CodeUnavailable, errors.New("the upstream is unavailable ("+reason+"); retry later")))
 	case upstream.KindGatewayCredentials:
@@ -104,8 +108,11 @@ func withInfo(cerr *connect.Error, domain, reason string, meta map[string]string
 	return cerr
 }
 
-func withRetry(cerr *connect.Error) *connect.Error {
-	if d, err := connect.NewErrorDetail(&errdetails.RetryInfo{RetryDelay: durationpb.New(retryAfter)}); err == nil {
+func withRetry(cerr *connect.Error) *connect.Error { return withRetryAfter(cerr, retryAfter) }
+
+// withRetryAfter adds a RetryInfo suggesting delay.
+func withRetryAfter(cerr *connect.Error, delay time.Duration) *connect.Error {
+	if d, err := connect.NewErrorDetail(&errdetails.RetryInfo{RetryDelay: durationpb.New(delay)}); err == nil {
 		cerr.AddDetail(d)
 	}
 	return cerr

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
 )
 
 const (
@@ -96,6 +97,9 @@ type Client struct {
 	tracerProvider   trace.TracerProvider
 	meterProvider    metric.MeterProvider
 	metrics          instruments
+	limiter          *rate.Limiter
+	budget           *RetryBudget
+	attemptTimeout   time.Duration
 }
 
 // Option configures a [Client].
@@ -167,6 +171,8 @@ func NewClient(creds CredentialsProvider, opts ...Option) *Client {
 		logger:           slog.New(slog.DiscardHandler),
 		tracerProvider:   otel.GetTracerProvider(),
 		meterProvider:    otel.GetMeterProvider(),
+		budget:           NewRetryBudget(0.1, 20),
+		attemptTimeout:   DefaultAttemptTimeout,
 	}
 	for _, opt := range opts {
 		opt(c)
@@ -188,6 +194,10 @@ func NewClient(creds CredentialsProvider, opts ...Option) *Client {
 	}
 	return c
 }
+
+// errAttemptTimeout is the cause of an attempt's context ended by
+// WithAttemptTimeout.
+var errAttemptTimeout = errors.New("upstream attempt timed out")
 
 // SpanName names the client span of every upstream attempt.
 const SpanName = "ecd " + Action
@@ -221,18 +231,29 @@ func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeIn
 		return nil, err
 	}
 	stats := callStatsFrom(ctx)
+	c.budget.onCall()
 	onceOnly := 0 // retries granted to codes that deserve exactly one
 	for attempt := 1; ; attempt++ {
+		if c.limiter != nil {
+			if err := c.limiter.Wait(ctx); err != nil {
+				return nil, fmt.Errorf("waiting for the upstream rate limit: %w", errors.Join(err, context.Cause(ctx)))
+			}
+		}
 		page, err := c.attempt(ctx, in, attempt)
 		if stats != nil {
 			stats.Calls.Add(1)
 		}
 		if err == nil {
+			c.budget.onSuccess()
 			page.Token = in.NextToken
 			return page, nil
 		}
 		delay, retry := c.retry.decide(ctx, err, attempt, &onceOnly)
 		if !retry {
+			return nil, err
+		}
+		if !c.budget.withdraw() {
+			c.metrics.budgetExhausted.Add(ctx, 1)
 			return nil, err
 		}
 		code := errorCode(err)
@@ -293,6 +314,11 @@ func (c *Client) attempt(ctx context.Context, in DescribeInput, attempt int) (*P
 		}
 		return nil, err
 	}
+	if c.attemptTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, c.attemptTimeout, errAttemptTimeout)
+		defer cancel()
+	}
 	a := &answer{in: in, attempt: attempt, page: pageNumberFrom(ctx)}
 	req, err := c.newRequest(context.WithValue(ctx, answerKey{}, a), in, creds)
 	if err != nil {
@@ -303,7 +329,10 @@ func (c *Client) attempt(ctx context.Context, in DescribeInput, attempt int) (*P
 	if err == nil {
 		resp.Body.Close() // answerTransport has read it
 		err = a.err
-	} else {
+	}
+	if err != nil && context.Cause(ctx) == errAttemptTimeout {
+		err = &networkError{err: fmt.Errorf("%w after %v", errAttemptTimeout, c.attemptTimeout)}
+	} else if err != nil && a.err == nil {
 		// The URL may carry request parameters: keep it out of the error.
 		if ue, ok := errors.AsType[*url.Error](err); ok {
 			err = fmt.Errorf("%s %s: %w", ue.Op, req.URL.Host, ue.Err)

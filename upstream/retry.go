@@ -12,7 +12,9 @@ import (
 // min(MaxDelay, BaseDelay·2^(attempt-1))), only for throttling, transient
 // upstream faults and network errors, never for a parameter or permission
 // error, never once the caller's context is done, and never when the delay
-// would end past the caller's deadline. Every attempt is signed anew, with
+// would end past the caller's deadline. When a throttling answer says how
+// long to wait (the x-ratelimit TimeLeft hint), the delay is at least that,
+// and no retry is made when the hint exceeds MaxDelay. Every attempt is signed anew, with
 // a fresh nonce and freshly fetched credentials.
 type RetryPolicy struct {
 	// MaxAttempts bounds the attempts per call, the first included; 1
@@ -37,6 +39,7 @@ func (p RetryPolicy) decide(ctx context.Context, err error, attempt int, onceOnl
 	if attempt >= p.MaxAttempts || ctx.Err() != nil {
 		return 0, false
 	}
+	var hint time.Duration
 	var apiErr *APIError
 	var netErr *networkError
 	switch {
@@ -51,14 +54,19 @@ func (p RetryPolicy) decide(ctx context.Context, err error, attempt int, onceOnl
 			*onceOnly++
 			return 0, true
 		}
-	case errors.As(err, &netErr):
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return 0, false
+		if h, ok := apiErr.ThrottlingHint(); ok {
+			if h > p.MaxDelay {
+				return 0, false // the caller learns the wait from RetryInfo
+			}
+			hint = h
 		}
+	case errors.As(err, &netErr):
+		// The caller's context is live (checked above), so a deadline
+		// error here is the attempt's own timeout: worth another try.
 	default:
 		return 0, false
 	}
-	delay := p.backoff(attempt)
+	delay := max(p.backoff(attempt), hint)
 	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= delay {
 		return 0, false
 	}

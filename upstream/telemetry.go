@@ -20,6 +20,8 @@ type instruments struct {
 	duration  metric.Float64Histogram
 	retries   metric.Int64Counter
 	throttles metric.Int64Counter
+	// budgetExhausted counts retries the retry budget refused.
+	budgetExhausted metric.Int64Counter
 }
 
 func newInstruments(mp metric.MeterProvider) instruments {
@@ -36,6 +38,8 @@ func newInstruments(mp metric.MeterProvider) instruments {
 		metric.WithDescription("Upstream attempts retried, by the error that caused the retry."), metric.WithUnit("{retry}"))
 	in.throttles, _ = m.Int64Counter("imagerecords.upstream.throttles",
 		metric.WithDescription("Upstream answers that were throttling errors."), metric.WithUnit("{call}"))
+	in.budgetExhausted, _ = m.Int64Counter("imagerecords.upstream.retry_budget_exhausted",
+		metric.WithDescription("Retries not made because the retry budget was exhausted."), metric.WithUnit("{retry}"))
 	return in
 }
 

@@ -1,0 +1,124 @@
+package upstream
+
+import (
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// WithRateLimit shares one token bucket of qps upstream attempts per second
+// (burst at most at once) among every call of the client, retries
+// included, so that all the gateway's callers together stay under the
+// account's quota. An attempt waits for a token; if its context would end
+// first, it fails at once with the context's error. qps <= 0 disables the
+// limit. Default: no limit.
+func WithRateLimit(qps float64, burst int) Option {
+	return func(c *Client) {
+		if qps <= 0 {
+			c.limiter = nil
+			return
+		}
+		c.limiter = rate.NewLimiter(rate.Limit(qps), max(burst, 1))
+	}
+}
+
+// WithAttemptTimeout bounds one attempt — connecting, sending, and reading
+// the whole answer — so that a stalled or slow-dripping upstream costs a
+// retry, not the caller's whole deadline. 0 disables it. Default:
+// [DefaultAttemptTimeout].
+func WithAttemptTimeout(d time.Duration) Option {
+	return func(c *Client) { c.attemptTimeout = d }
+}
+
+// DefaultAttemptTimeout is the default bound of one upstream attempt.
+const DefaultAttemptTimeout = 10 * time.Second
+
+// WithRetryBudget sets the retry budget shared by every call of the
+// client. Default: [NewRetryBudget](0.1, 20). nil disables the budget
+// (every retry the policy allows is made).
+func WithRetryBudget(b *RetryBudget) Option {
+	return func(c *Client) { c.budget = b }
+}
+
+// RetryBudget bounds the extra load retries put on a failing upstream.
+// Every call deposits ratio tokens and every successful attempt one token;
+// every retry withdraws one, and is not made when none is left. While the
+// upstream answers mostly successfully, the successes pay for the retries
+// (a 50% throttling rate is retried away); when it fails persistently, only
+// the per-call deposits remain, so retries settle at ratio of the calls
+// (plus the initial reserve). It is safe for concurrent use.
+type RetryBudget struct {
+	mu       sync.Mutex
+	ratio    float64
+	capacity float64
+	tokens   float64
+}
+
+// NewRetryBudget returns a budget that grants ratio retries per call under
+// persistent failure and holds at most capacity tokens, starting full.
+func NewRetryBudget(ratio float64, capacity int) *RetryBudget {
+	return &RetryBudget{ratio: ratio, capacity: float64(capacity), tokens: float64(capacity)}
+}
+
+func (b *RetryBudget) deposit(n float64) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	b.tokens = min(b.capacity, b.tokens+n)
+	b.mu.Unlock()
+}
+
+// onCall records a new call.
+func (b *RetryBudget) onCall() { b.deposit(b.ratioOrZero()) }
+
+// onSuccess records a successful attempt.
+func (b *RetryBudget) onSuccess() { b.deposit(1) }
+
+func (b *RetryBudget) ratioOrZero() float64 {
+	if b == nil {
+		return 0
+	}
+	return b.ratio
+}
+
+// withdraw takes the token of one retry, and reports whether there was one.
+func (b *RetryBudget) withdraw() bool {
+	if b == nil {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// throttlingHint parses the TimeLeft field (milliseconds, as the official
+// SDKs read it) of an x-ratelimit-user-api or x-ratelimit-user header value
+// such as "Limit:100,Remain:0,TimeLeft:2000,Reset:1700000000".
+func throttlingHint(header string) (time.Duration, bool) {
+	for field := range strings.SplitSeq(header, ",") {
+		k, v, ok := strings.Cut(field, ":")
+		if !ok || strings.TrimSpace(k) != "TimeLeft" {
+			continue
+		}
+		ms, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || ms < 0 || ms > int64(time.Hour/time.Millisecond) {
+			return 0, false
+		}
+		return time.Duration(ms) * time.Millisecond, true
+	}
+	return 0, false
+}
+
+// ThrottlingHint returns how long the upstream asked to wait before the
+// next call, from the x-ratelimit TimeLeft field of a throttling answer.
+func (e *APIError) ThrottlingHint() (time.Duration, bool) {
+	return throttlingHint(e.RetryAfter)
+}

@@ -1,0 +1,175 @@
+package upstream_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imagerecords/imagerecords/upstream"
+)
+
+func TestRateLimitCapsUpstreamQPS(t *testing.T) {
+	t.Parallel()
+	const qps, burst, calls = 200, 10, 110
+	var mu sync.Mutex
+	var arrivals []time.Time
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		arrivals = append(arrivals, time.Now())
+		mu.Unlock()
+		_, _ = io.WriteString(w, okBody)
+	}))
+	t.Cleanup(srv.Close)
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRateLimit(qps, burst))
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() {
+			for range calls / 10 {
+				if _, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// A token bucket cannot be faster than (calls-burst)/qps.
+	if elapsed, floor := time.Since(start), time.Duration(float64(calls-burst)/qps*float64(time.Second)); elapsed < floor {
+		t.Errorf("%d calls took %v, faster than the limit allows (%v)", calls, elapsed, floor)
+	}
+	// No 200 ms window saw more than its share plus the burst. The slack
+	// of 3 covers the network delay between the limiter and the server,
+	// which can bunch a few arrivals closer than they were sent.
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range arrivals {
+		n := 0
+		for _, a := range arrivals[i:] {
+			if a.Sub(arrivals[i]) < 200*time.Millisecond {
+				n++
+			}
+		}
+		if limit := qps/5 + burst + 3; n > limit {
+			t.Fatalf("%d upstream calls within 200 ms, more than %d (%d/s with burst %d)", n, limit, qps, burst)
+		}
+	}
+}
+
+func TestRetryBudgetBoundsRetriesUnderPersistentFailure(t *testing.T) {
+	t.Parallel()
+	sc, srv := newScripted(t, step{status: http.StatusServiceUnavailable, body: errBody("ServiceUnavailable")})
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(4)),
+		upstream.WithRetryBudget(upstream.NewRetryBudget(0.1, 20)))
+	const calls = 1000
+	for range calls {
+		if _, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"}); err == nil {
+			t.Fatal("a call succeeded against an upstream that always fails")
+		}
+	}
+	retries := sc.attempts() - calls
+	// 10% of the calls, plus the initial reserve of 20.
+	if retries > calls/10+20 || retries < calls/10 {
+		t.Errorf("%d retries for %d calls against a failing upstream, want about 10%% (at most %d)", retries, calls, calls/10+20)
+	}
+}
+
+func TestRetryBudgetAllowsRetriesWhileMostCallsSucceed(t *testing.T) {
+	t.Parallel()
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1)%2 == 1 { // every other attempt is throttled
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, errBody("Throttling.User"))
+			return
+		}
+		_, _ = io.WriteString(w, okBody)
+	}))
+	t.Cleanup(srv.Close)
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(4)))
+	for i := range 500 {
+		if _, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"}); err != nil {
+			t.Fatalf("call %d at 50%% throttling: %v", i, err)
+		}
+	}
+}
+
+func TestAttemptTimeoutRetriesASlowDrip(t *testing.T) {
+	t.Parallel()
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) > 1 {
+			_, _ = io.WriteString(w, okBody)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		for _, b := range []byte(okBody) { // one byte per 50 ms: 8 s for the body
+			if _, err := w.Write([]byte{b}); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+
+	slow := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(2)),
+		upstream.WithAttemptTimeout(300*time.Millisecond))
+	page, err := slow.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"})
+	if err != nil || len(page.Records) != 1 {
+		t.Fatalf("after a slow-drip attempt: %v %v", page, err)
+	}
+	if got := n.Load(); got != 2 {
+		t.Errorf("%d attempts, want 2: the dripping one timed out and was retried", got)
+	}
+
+	n.Store(0)
+	once := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(1)),
+		upstream.WithAttemptTimeout(300*time.Millisecond))
+	_, err = once.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"})
+	if err == nil || !strings.Contains(err.Error(), "timed out") || errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want an attempt timeout", err)
+	}
+}
+
+func TestThrottlingHintIsHonoured(t *testing.T) {
+	t.Parallel()
+	hinted := func(ms string) step {
+		return step{status: http.StatusBadRequest, body: errBody("Throttling.User"),
+			header: http.Header{"X-Ratelimit-User-Api": {"Limit:10,Remain:0,TimeLeft:" + ms + ",Reset:1700000000"}}}
+	}
+	policy := upstream.RetryPolicy{MaxAttempts: 3, BaseDelay: time.Millisecond, MaxDelay: time.Second}
+
+	sc, srv := newScripted(t, hinted("300"), step{status: http.StatusOK, body: okBody})
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(policy))
+	start := time.Now()
+	if _, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"}); err != nil {
+		t.Fatal(err)
+	}
+	if elapsed := time.Since(start); elapsed < 300*time.Millisecond || sc.attempts() != 2 {
+		t.Errorf("retried after %v in %d attempts, want after the hinted 300 ms", elapsed, sc.attempts())
+	}
+
+	// A hint longer than the policy's MaxDelay is not waited for: the
+	// caller gets the throttling error, with the hint, at once.
+	sc, srv = newScripted(t, hinted("60000"), step{status: http.StatusOK, body: okBody})
+	c = upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(policy))
+	_, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"})
+	apiErr, ok := errors.AsType[*upstream.APIError](err)
+	if !ok || sc.attempts() != 1 {
+		t.Fatalf("err = %v after %d attempts", err, sc.attempts())
+	}
+	if hint, ok := apiErr.ThrottlingHint(); !ok || hint != time.Minute {
+		t.Errorf("ThrottlingHint() = %v, %v; want 1m", hint, ok)
+	}
+}
