@@ -30,6 +30,17 @@ type config struct {
 	shutdownGrace     time.Duration
 	readHeaderTimeout time.Duration
 	logLevel          slog.Level
+
+	upstreamQPS            float64
+	upstreamBurst          int
+	upstreamAttemptTimeout time.Duration
+
+	tlsCert, tlsKey, clientCA string
+	authTokensFile            string
+	reflection                bool
+	maxRequestBytes           int
+	maxHeaderBytes            int
+	maxConcurrentStreams      int
 }
 
 // usageError is a bad command line; main exits 2 for it.
@@ -51,6 +62,17 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.Float64Var(&cfg.simulateFaults.ServerErrorFraction, "simulate-server-errors", 0, "with --simulate: fraction (0..1) of upstream calls answered 503/500")
 	fs.DurationVar(&cfg.shutdownGrace, "shutdown-grace", 15*time.Second, "on SIGTERM, how long in-flight streams may run before they are cancelled")
 	fs.DurationVar(&cfg.readHeaderTimeout, "read-header-timeout", 10*time.Second, "how long a client may take to send request headers (streams themselves are never cut)")
+	fs.Float64Var(&cfg.upstreamQPS, "upstream-qps", 100, "upstream calls per second, shared by every RPC (retries included); 0: no limit")
+	fs.IntVar(&cfg.upstreamBurst, "upstream-burst", 20, "upstream calls allowed at once above --upstream-qps")
+	fs.DurationVar(&cfg.upstreamAttemptTimeout, "upstream-attempt-timeout", upstream.DefaultAttemptTimeout, "bound of one upstream attempt, body included; a timed-out attempt is retried")
+	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "PEM certificate chain: serve TLS (HTTP/1.1 and h2) instead of cleartext")
+	fs.StringVar(&cfg.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&cfg.clientCA, "client-ca", "", "PEM CA bundle: require client certificates signed by it (mTLS); needs --tls-cert")
+	fs.StringVar(&cfg.authTokensFile, "auth-tokens-file", "", "file of accepted bearer tokens, one per line, re-read on SIGHUP; empty: no token needed")
+	fs.BoolVar(&cfg.reflection, "reflection", true, "serve gRPC server reflection (v1 and v1alpha)")
+	fs.IntVar(&cfg.maxRequestBytes, "max-request-bytes", 64<<10, "largest request message accepted")
+	fs.IntVar(&cfg.maxHeaderBytes, "max-header-bytes", 64<<10, "largest request header block accepted")
+	fs.IntVar(&cfg.maxConcurrentStreams, "max-concurrent-streams", 250, "HTTP/2 streams (RPCs) allowed at once on one connection")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: imagerecordsd [flags]\n\nEvery flag can also be set by the environment variable %s<FLAG> (upper case, - as _).\nCredentials come from the standard Alibaba Cloud chain (ALIBABA_CLOUD_ACCESS_KEY_ID, ...).\n\nFlags:\n", envPrefix)
@@ -81,6 +103,15 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	}
 	if cfg.shutdownGrace < 0 || cfg.readHeaderTimeout <= 0 {
 		return cfg, usageError{fmt.Errorf("--shutdown-grace must be >= 0 and --read-header-timeout > 0")}
+	}
+	if (cfg.tlsCert == "") != (cfg.tlsKey == "") {
+		return cfg, usageError{fmt.Errorf("--tls-cert and --tls-key go together")}
+	}
+	if cfg.clientCA != "" && cfg.tlsCert == "" {
+		return cfg, usageError{fmt.Errorf("--client-ca needs --tls-cert and --tls-key")}
+	}
+	if cfg.maxRequestBytes <= 0 || cfg.maxHeaderBytes <= 0 || cfg.maxConcurrentStreams <= 0 || cfg.upstreamQPS < 0 || cfg.upstreamBurst < 0 {
+		return cfg, usageError{fmt.Errorf("limits must be positive (--upstream-qps 0 disables the rate limit)")}
 	}
 	return cfg, nil
 }

@@ -30,6 +30,10 @@ type harness struct {
 	url       string
 	gateway   *gateway
 	telemetry *telemetry
+	auth      *bearerAuth // nil without --auth-tokens-file
+	// http is the harness's client transport: h2c, or TLS when the
+	// gateway serves TLS (set before the first call to client).
+	http *http.Client
 	// handlers tracks the gateway's in-flight HTTP handlers, so a test can
 	// wait for the server side of a cancelled stream to finish.
 	handlers sync.WaitGroup
@@ -50,6 +54,7 @@ type harnessConfig struct {
 	credentials       upstream.CredentialsProvider
 	wrapSim           func(http.Handler) http.Handler // fault injection around the simulator
 	keys              []ecdsim.Key                    // default: the test key
+	args              []string                        // gateway flags, e.g. --auth-tokens-file
 }
 
 const (
@@ -131,7 +136,23 @@ func startHarness(t *testing.T, cfg harnessConfig) *harness {
 		upstream.WithMeterProvider(tel.meterProvider),
 	)
 	h := &harness{sim: sim, simURL: simServer.URL, telemetry: tel}
-	h.gateway, err = newGateway(client, logger, tel, true)
+	gwCfg, err := parseConfig(cfg.args, io.Discard) // the defaults, and any flags the test gives
+	if err != nil {
+		t.Fatal(err)
+	}
+	gwCfg.shutdownGrace, gwCfg.readHeaderTimeout = cfg.shutdownGrace, cfg.readHeaderTimeout
+	var auth *bearerAuth
+	if gwCfg.authTokensFile != "" {
+		if auth, err = newBearerAuth(gwCfg.authTokensFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.auth = auth
+	tlsConfig, err := serverTLS(gwCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.gateway, err = newGateway(client, logger, tel, gwCfg, auth)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,10 +167,15 @@ func startHarness(t *testing.T, cfg harnessConfig) *harness {
 		t.Fatal(err)
 	}
 	h.url = "http://" + ln.Addr().String()
+	if tlsConfig != nil {
+		h.url = "https://" + ln.Addr().String()
+	}
+	h.http = h2c()
+	t.Cleanup(func() { h.http.CloseIdleConnections() })
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() {
-		served <- h.gateway.serve(ctx, ln, nil, config{shutdownGrace: cfg.shutdownGrace, readHeaderTimeout: cfg.readHeaderTimeout})
+		served <- h.gateway.serve(ctx, ln, nil, gwCfg, tlsConfig)
 	}()
 	var once sync.Once
 	var serveErr error
@@ -188,7 +214,7 @@ var protocols = []struct {
 }
 
 func (h *harness) client(opts ...connect.ClientOption) imagerecordsv1connect.ImageRecordsServiceClient {
-	return imagerecordsv1connect.NewImageRecordsServiceClient(h2c(), h.url, opts...)
+	return imagerecordsv1connect.NewImageRecordsServiceClient(h.http, h.url, opts...)
 }
 
 // newClient is a client of the gateway at addr (host:port) over h2c.

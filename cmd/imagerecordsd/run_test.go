@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -234,10 +235,52 @@ func TestShutdownCancelsStreamsAfterGrace(t *testing.T) {
 	if err := h.stop(); err != nil {
 		t.Fatalf("serve returned %v", err)
 	}
+	var last string
 	for stream.Receive() {
+		last = stream.Msg().GetResumeToken()
 	}
-	if stream.Err() == nil {
-		t.Fatal("a 1,000-page stream finished within a 100 ms grace period")
+	err = stream.Err()
+	if connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "resume") {
+		t.Fatalf("a 1,000-page stream cut by the end of a 100 ms grace period: %v, want Unavailable telling the caller to resume", err)
+	}
+	if last == "" {
+		t.Error("no resume token before the cut")
 	}
 	h.handlers.Wait()
+}
+
+func TestNewRPCsAreRefusedWhileDraining(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessConfig{
+		desktops: testDesktops,
+		faults:   ecdsim.Faults{Latency: 20 * time.Millisecond},
+	})
+	c := h.client(connect.WithGRPC())
+	stream, err := c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: bigDesktop,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !stream.Receive() { // the stream is in flight: the drain waits for it
+		t.Fatal(stream.Err())
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- h.stop() }()
+	for !h.gateway.draining.Load() { // set first thing by the shutdown
+		runtime.Gosched()
+	}
+	_, err = c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: smallDesktop,
+	}))
+	if connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Errorf("a new RPC during the drain: %v, want Unavailable", err)
+	}
+	_, err = drain(t, stream)
+	if err != nil {
+		t.Errorf("the in-flight stream: %v", err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
 }

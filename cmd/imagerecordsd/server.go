@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -55,6 +56,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		upstream.WithLogger(logger),
 		upstream.WithTracerProvider(tel.tracerProvider),
 		upstream.WithMeterProvider(tel.meterProvider),
+		upstream.WithRateLimit(cfg.upstreamQPS, cfg.upstreamBurst),
+		upstream.WithAttemptTimeout(cfg.upstreamAttemptTimeout),
 	}
 	var creds upstream.CredentialsProvider
 	var sim *simulation
@@ -78,7 +81,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	}
 	client := upstream.NewClient(creds, clientOpts...)
 
-	gw, err := newGateway(client, logger, tel, cfg.trustRemoteTrace)
+	var auth *bearerAuth
+	if cfg.authTokensFile != "" {
+		if auth, err = newBearerAuth(cfg.authTokensFile); err != nil {
+			return err
+		}
+		logger.Info("bearer token auth on", slog.Int("tokens", auth.tokens()))
+		stopReload := reloadOnSIGHUP(ctx, auth, logger)
+		defer stopReload()
+	}
+	gw, err := newGateway(client, logger, tel, cfg, auth)
+	if err != nil {
+		return err
+	}
+	tlsConfig, err := serverTLS(cfg)
 	if err != nil {
 		return err
 	}
@@ -104,7 +120,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	if ready != nil {
 		ready(addrs)
 	}
-	return gw.serve(ctx, ln, adminLn, cfg)
+	return gw.serve(ctx, ln, adminLn, cfg, tlsConfig)
 }
 
 // listenAddrs are the addresses the gateway bound.
@@ -133,24 +149,36 @@ type gateway struct {
 	logger   *slog.Logger
 }
 
+// errShutdown is the cause with which the gateway cancels the RPCs still
+// running when the shutdown grace period ends.
+var errShutdown = errors.New("the gateway shut down")
+
 // newGateway wires the service with its interceptors: tracing and RPC
-// metrics outermost, then the access log, then panic recovery.
-func newGateway(api upstream.API, logger *slog.Logger, tel *telemetry, trustRemoteTrace bool) (*gateway, error) {
+// metrics outermost, then the access log, the shutdown guard, the bearer
+// token check (when auth is not nil) and panic recovery. Health checks
+// answer without a token.
+func newGateway(api upstream.API, logger *slog.Logger, tel *telemetry, cfg config, auth *bearerAuth) (*gateway, error) {
 	otelOpts := []otelconnect.Option{
 		otelconnect.WithTracerProvider(tel.tracerProvider),
 		otelconnect.WithMeterProvider(tel.meterProvider),
 		otelconnect.WithPropagator(tel.propagator),
 	}
-	if trustRemoteTrace {
+	if cfg.trustRemoteTrace {
 		otelOpts = append(otelOpts, otelconnect.WithTrustRemote())
 	}
 	tracing, err := otelconnect.NewInterceptor(otelOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("tracing interceptor: %w", err)
 	}
+	g := &gateway{health: grpchealth.NewStaticChecker(imagerecordsv1connect.ImageRecordsServiceName), logger: logger}
+	interceptors := []connect.Interceptor{tracing, accessLog{logger: logger}, lifecycle{g}}
+	if auth != nil {
+		interceptors = append(interceptors, auth)
+	}
 	opts := []connect.HandlerOption{
 		connect.WithCompressMinBytes(1024),
-		connect.WithInterceptors(tracing, accessLog{logger: logger}),
+		connect.WithReadMaxBytes(cfg.maxRequestBytes),
+		connect.WithInterceptors(interceptors...),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.LogAttrs(ctx, slog.LevelError, "panic in handler", slog.String("procedure", spec.Procedure), slog.Any("panic", p))
 			return connect.NewError(connect.CodeInternal, errors.New("internal error"))
@@ -159,13 +187,18 @@ func newGateway(api upstream.API, logger *slog.Logger, tel *telemetry, trustRemo
 	svc := service.New(api, service.WithLogger(logger), service.WithMeterProvider(tel.meterProvider))
 	mux := http.NewServeMux()
 	mux.Handle(imagerecordsv1connect.NewImageRecordsServiceHandler(svc, opts...))
-	health := grpchealth.NewStaticChecker(imagerecordsv1connect.ImageRecordsServiceName)
-	mux.Handle(grpchealth.NewHandler(health))
-	reflector := grpcreflect.NewStaticReflector(imagerecordsv1connect.ImageRecordsServiceName)
-	mux.Handle(grpcreflect.NewHandlerV1(reflector))
-	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	mux.Handle(grpchealth.NewHandler(g.health))
+	if cfg.reflection {
+		reflector := grpcreflect.NewStaticReflector(imagerecordsv1connect.ImageRecordsServiceName)
+		reflOpts := []connect.HandlerOption{connect.WithReadMaxBytes(cfg.maxRequestBytes)}
+		if auth != nil {
+			reflOpts = append(reflOpts, connect.WithInterceptors(auth))
+		}
+		mux.Handle(grpcreflect.NewHandlerV1(reflector, reflOpts...))
+		mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, reflOpts...))
+	}
+	g.handler = mux
 
-	g := &gateway{handler: mux, health: health, logger: logger}
 	admin := http.NewServeMux()
 	admin.Handle("GET /metrics", tel.metrics)
 	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -180,34 +213,50 @@ func newGateway(api upstream.API, logger *slog.Logger, tel *telemetry, trustRemo
 }
 
 // serve serves on ln (and adminLn, when not nil) until ctx is done, then
-// drains.
-func (g *gateway) serve(ctx context.Context, ln, adminLn net.Listener, cfg config) error {
+// drains: health turns NOT_SERVING, new RPCs are refused with Unavailable,
+// in-flight ones get cfg.shutdownGrace, and the rest are cancelled with
+// Unavailable. tlsConfig, when not nil, makes ln serve TLS.
+func (g *gateway) serve(ctx context.Context, ln, adminLn net.Listener, cfg config, tlsConfig *tls.Config) error {
 	// Handlers run under base, not under ctx: a SIGTERM must let in-flight
 	// streams finish, and cancels them only when the grace period is over.
-	base, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelBase()
+	base, cancelBase := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancelBase(nil)
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true)
+	if tlsConfig != nil {
+		protocols.SetHTTP2(true)
+	} else {
+		protocols.SetUnencryptedHTTP2(true)
+	}
 	srv := &http.Server{
 		Handler:   g.handler,
 		Protocols: &protocols,
+		TLSConfig: tlsConfig,
+		HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: cfg.maxConcurrentStreams},
 		// No ReadTimeout or WriteTimeout: they would cut long streams.
 		ReadHeaderTimeout: cfg.readHeaderTimeout,
+		MaxHeaderBytes:    cfg.maxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return base },
 		ErrorLog:          slog.NewLogLogger(g.logger.Handler(), slog.LevelWarn),
 	}
-	served := make(chan error, 2)
-	go func() { served <- srv.Serve(ln) }()
-	var adminSrv *http.Server
+	served := make(chan error, 1)
+	go func() {
+		if tlsConfig != nil {
+			served <- srv.ServeTLS(ln, "", "")
+		} else {
+			served <- srv.Serve(ln)
+		}
+	}()
 	if adminLn != nil {
-		adminSrv = &http.Server{Handler: g.admin, ReadHeaderTimeout: cfg.readHeaderTimeout}
+		adminSrv := &http.Server{Handler: g.admin, ReadHeaderTimeout: cfg.readHeaderTimeout, MaxHeaderBytes: cfg.maxHeaderBytes}
+		adminDone := make(chan struct{})
 		go func() {
+			defer close(adminDone)
 			if err := adminSrv.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				g.logger.Error("admin listener stopped", slog.String("error", err.Error()))
 			}
 		}()
-		defer adminSrv.Close()
+		defer func() { _ = adminSrv.Close(); <-adminDone }()
 	}
 	select {
 	case err := <-served:
@@ -224,7 +273,7 @@ func (g *gateway) serve(ctx context.Context, ln, adminLn net.Listener, cfg confi
 	defer cancel()
 	if err := srv.Shutdown(graceCtx); err != nil {
 		g.logger.Warn("grace period over: cancelling the remaining requests", slog.Duration("grace", cfg.shutdownGrace))
-		cancelBase()
+		cancelBase(errShutdown)
 		// Give cancelled handlers a moment to send their final status.
 		closeCtx, cancelClose := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancelClose()
@@ -235,4 +284,42 @@ func (g *gateway) serve(ctx context.Context, ln, adminLn net.Listener, cfg confi
 	<-served
 	g.logger.Info("stopped", slog.Duration("drain", time.Since(start)))
 	return nil
+}
+
+// lifecycle refuses RPCs that arrive while the gateway drains, and tells
+// the callers of RPCs cut by the end of the grace period why, with a code
+// that invites a retry elsewhere.
+type lifecycle struct{ g *gateway }
+
+var errDraining = errors.New("the gateway is shutting down; retry on another instance")
+
+func (l lifecycle) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if l.g.draining.Load() {
+			return nil, connect.NewError(connect.CodeUnavailable, errDraining)
+		}
+		res, err := next(ctx, req)
+		return res, shutdownError(ctx, err)
+	}
+}
+
+func (l lifecycle) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (l lifecycle) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		if l.g.draining.Load() {
+			return connect.NewError(connect.CodeUnavailable, errDraining)
+		}
+		return shutdownError(ctx, next(ctx, conn))
+	}
+}
+
+func shutdownError(ctx context.Context, err error) error {
+	if err != nil && context.Cause(ctx) == errShutdown {
+		return connect.NewError(connect.CodeUnavailable,
+			errors.New("the gateway shut down before the stream finished; resume from the last resume_token"))
+	}
+	return err
 }
