@@ -55,6 +55,7 @@ type harnessConfig struct {
 	wrapSim           func(http.Handler) http.Handler // fault injection around the simulator
 	keys              []ecdsim.Key                    // default: the test key
 	args              []string                        // gateway flags, e.g. --auth-tokens-file
+	clientOpts        []upstream.Option               // added to the upstream client's options
 }
 
 const (
@@ -127,14 +128,17 @@ func startHarness(t *testing.T, cfg harnessConfig) *harness {
 	if cfg.logs != nil {
 		logger = slog.New(traceLogHandler{slog.NewJSONHandler(cfg.logs, &slog.HandlerOptions{Level: slog.LevelDebug})})
 	}
-	client := upstream.NewClient(creds,
+	transport := upstream.NewTransport()
+	t.Cleanup(transport.CloseIdleConnections)
+	client := upstream.NewClient(creds, append([]upstream.Option{
 		upstream.WithEndpoint(simServer.URL),
+		upstream.WithTransport(transport),
 		upstream.WithSignatureVersion(cfg.signature),
 		upstream.WithRetryPolicy(cfg.retry),
 		upstream.WithLogger(logger),
 		upstream.WithTracerProvider(tel.tracerProvider),
 		upstream.WithMeterProvider(tel.meterProvider),
-	)
+	}, cfg.clientOpts...)...)
 	h := &harness{sim: sim, simURL: simServer.URL, telemetry: tel}
 	gwCfg, err := parseConfig(cfg.args, io.Discard) // the defaults, and any flags the test gives
 	if err != nil {

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"go.uber.org/goleak"
+
+	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
+	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/ecdsim"
+)
+
+// arrivalLog records when each upstream request reached the simulator.
+type arrivalLog struct {
+	mu    sync.Mutex
+	times []time.Time
+}
+
+func (a *arrivalLog) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.mu.Lock()
+		a.times = append(a.times, time.Now())
+		a.mu.Unlock()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// maxInWindow is the most arrivals within any window.
+func (a *arrivalLog) maxInWindow(window time.Duration) int {
+	a.mu.Lock()
+	times := append([]time.Time(nil), a.times...)
+	a.mu.Unlock()
+	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+	best, j := 0, 0
+	for i := range times {
+		for times[i].Sub(times[j]) >= window {
+			j++
+		}
+		best = max(best, i-j+1)
+	}
+	return best
+}
+
+// TestFaultSoak streams 100 full desktops at once through an upstream that
+// throttles 30% and fails 5% of its answers, with the gateway's shared rate
+// limit on: every record arrives exactly once, in order, and the upstream
+// never sees more than the limit.
+func TestFaultSoak(t *testing.T) {
+	t.Parallel()
+	const (
+		streams  = 100
+		desktops = 10
+		records  = 300
+		qps      = 300
+		burst    = 10
+	)
+	var ds []ecdsim.Desktop
+	for i := range desktops {
+		ds = append(ds, ecdsim.Desktop{ID: fmt.Sprintf("ecd-soak%011d", i), Records: records})
+	}
+	arrivals := &arrivalLog{}
+	h := startHarness(t, harnessConfig{
+		desktops:   ds,
+		faults:     ecdsim.Faults{ThrottleFraction: 0.30, ServerErrorFraction: 0.05},
+		wrapSim:    arrivals.wrap,
+		retry:      upstream.RetryPolicy{MaxAttempts: 20, BaseDelay: time.Millisecond, MaxDelay: 20 * time.Millisecond},
+		clientOpts: []upstream.Option{upstream.WithRateLimit(qps, burst)},
+	})
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range streams {
+		wg.Go(func() {
+			desktop := ds[i%desktops].ID
+			stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+				RegionId: testRegion, DesktopId: desktop,
+			}))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			msgs, err := drain(t, stream)
+			if err != nil {
+				t.Errorf("stream %d: %v", i, err)
+				return
+			}
+			got := recordsOf(msgs)
+			if len(got) != records {
+				t.Errorf("stream %d: %d records, want %d", i, len(got), records)
+				return
+			}
+			seen := map[string]bool{}
+			for j, r := range got {
+				want, _ := h.sim.Record(desktop, j)
+				id := r.GetImageId() + "/" + r.GetNewImageId() + "/" + r.GetUpdateTime().AsTime().String()
+				if seen[id] || r.GetImageId() != want.ImageID || r.GetNewImageId() != want.NewImageID {
+					t.Errorf("stream %d, record %d: %s (duplicate: %v), want %s/%s", i, j, id, seen[id], want.ImageID, want.NewImageID)
+					return
+				}
+				seen[id] = true
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	st := h.sim.Stats()
+	peak := arrivals.maxInWindow(time.Second)
+	t.Logf("%d streams in %v: %d upstream requests (%d pages, %d throttled, %d 5xx), peak %d requests in one second (limit %d/s, burst %d)",
+		streams, elapsed.Round(time.Millisecond), st.Requests, st.Pages, st.Throttled, st.ServerErrors, peak, qps, burst)
+	if st.Pages != streams*records/100 {
+		t.Errorf("%d pages served, want %d", st.Pages, streams*records/100)
+	}
+	if st.Throttled == 0 || st.ServerErrors == 0 {
+		t.Errorf("the faults did not happen: %+v", st)
+	}
+	// A token bucket admits at most qps·1s + burst in any second. The
+	// simulator sees arrivals, not admissions: scheduling delays between
+	// the limiter and the simulator on a loaded (or race-instrumented)
+	// machine can bunch a few, so 5% of the limit is allowed on top.
+	if peak > qps+burst+qps/20 {
+		t.Errorf("the upstream saw %d requests in one second, over the limit of %d/s with burst %d", peak, qps, burst)
+	}
+}
+
+// TestNoGoroutineLeaksAfterCancelledStreams cancels 1,000 streams at random
+// points and checks that no goroutine outlives them. It does not run in
+// parallel, so the goroutines it sees are its own.
+func TestNoGoroutineLeaksAfterCancelledStreams(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	// Registered first, so it runs last: after the harness shut down.
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	const desktop = "ecd-leak00000000500"
+	h := startHarness(t, harnessConfig{desktops: []ecdsim.Desktop{{ID: desktop, Records: 500}}})
+	rng := rand.New(rand.NewPCG(1, 2))
+	points := make(chan int)
+	go func() {
+		defer close(points)
+		for range 1000 {
+			points <- rng.IntN(7) // 0..6 messages of 5: before the first, mid-way, or after the last
+		}
+	}()
+	var wg sync.WaitGroup
+	c := h.client(connect.WithGRPC())
+	for range 20 {
+		wg.Go(func() {
+			for n := range points {
+				ctx, cancel := context.WithCancel(t.Context())
+				stream, err := c.StreamImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+					RegionId: testRegion, DesktopId: desktop,
+				}))
+				if err == nil {
+					for i := 0; i < n && stream.Receive(); i++ {
+					}
+				}
+				cancel()
+				if err == nil {
+					_ = stream.Close()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	h.handlers.Wait()
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+}
