@@ -33,6 +33,20 @@ func (a *arrivalLog) wrap(next http.Handler) http.Handler {
 	})
 }
 
+// roundTripper logs every request rt is asked to send.
+func (a *arrivalLog) roundTripper(rt http.RoundTripper) http.RoundTripper {
+	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		a.mu.Lock()
+		a.times = append(a.times, time.Now())
+		a.mu.Unlock()
+		return rt.RoundTrip(r)
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
 // maxInWindow is the most arrivals within any window.
 func (a *arrivalLog) maxInWindow(window time.Duration) int {
 	a.mu.Lock()
@@ -66,13 +80,18 @@ func TestFaultSoak(t *testing.T) {
 	for i := range desktops {
 		ds = append(ds, ecdsim.Desktop{ID: fmt.Sprintf("ecd-soak%011d", i), Records: records})
 	}
-	arrivals := &arrivalLog{}
+	arrivals, admissions := &arrivalLog{}, &arrivalLog{}
+	transport := upstream.NewTransport()
+	t.Cleanup(transport.CloseIdleConnections)
 	h := startHarness(t, harnessConfig{
 		desktops:   ds,
 		faults:     ecdsim.Faults{ThrottleFraction: 0.30, ServerErrorFraction: 0.05},
 		wrapSim:    arrivals.wrap,
 		retry:      upstream.RetryPolicy{MaxAttempts: 20, BaseDelay: time.Millisecond, MaxDelay: 20 * time.Millisecond},
-		clientOpts: []upstream.Option{upstream.WithRateLimit(qps, burst)},
+		clientOpts: []upstream.Option{
+			upstream.WithRateLimit(qps, burst),
+			upstream.WithTransport(admissions.roundTripper(transport)),
+		},
 	})
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -111,20 +130,27 @@ func TestFaultSoak(t *testing.T) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	st := h.sim.Stats()
-	peak := arrivals.maxInWindow(time.Second)
-	t.Logf("%d streams in %v: %d upstream requests (%d pages, %d throttled, %d 5xx), peak %d requests in one second (limit %d/s, burst %d)",
-		streams, elapsed.Round(time.Millisecond), st.Requests, st.Pages, st.Throttled, st.ServerErrors, peak, qps, burst)
-	if st.Pages != streams*records/100 {
-		t.Errorf("%d pages served, want %d", st.Pages, streams*records/100)
+	peak, sent := arrivals.maxInWindow(time.Second), admissions.maxInWindow(time.Second)
+	t.Logf("%d streams in %v: %d upstream requests (%d pages, %d throttled, %d 5xx); peak in one second: %d sent by the gateway, %d arrived at the simulator (limit %d/s, burst %d)",
+		streams, elapsed.Round(time.Millisecond), st.Requests, st.Pages, st.Throttled, st.ServerErrors, sent, peak, qps, burst)
+	// A page the simulator served can still be lost on the way back (an
+	// attempt timing out on a loaded machine) and fetched again: the
+	// records above prove nothing was delivered twice.
+	if st.Pages < streams*records/100 {
+		t.Errorf("%d pages served, want at least %d", st.Pages, streams*records/100)
 	}
 	if st.Throttled == 0 || st.ServerErrors == 0 {
 		t.Errorf("the faults did not happen: %+v", st)
 	}
 	// A token bucket admits at most qps·1s + burst in any second. The
-	// simulator sees arrivals, not admissions: scheduling delays between
-	// the limiter and the simulator on a loaded (or race-instrumented)
-	// machine can bunch a few, so 5% of the limit is allowed on top.
-	if peak > qps+burst+qps/20 {
+	// times logged are when requests left the gateway and reached the
+	// simulator, a little after their admission; scheduling delays on a
+	// loaded or race-instrumented machine can bunch them, so 5% on top is
+	// allowed for what the gateway sent and 10% for what arrived.
+	if sent > qps+burst+qps/20 {
+		t.Errorf("the gateway sent %d requests in one second, over the limit of %d/s with burst %d", sent, qps, burst)
+	}
+	if peak > qps+burst+qps/10 {
 		t.Errorf("the upstream saw %d requests in one second, over the limit of %d/s with burst %d", peak, qps, burst)
 	}
 }
