@@ -46,6 +46,9 @@ func (s *Service) toConnectError(ctx context.Context, err error) error {
 	case errors.As(err, &pageErr):
 		s.logger.LogAttrs(ctx, slog.LevelError, "upstream pagination broken", slog.String("error", err.Error()))
 		return withInfo(connect.NewError(connect.CodeInternal, err), GatewayErrorDomain, "UPSTREAM_TOKEN_REPEATED", nil)
+	case errors.As(err, new(*upstream.EmptyPagesError)):
+		s.logger.LogAttrs(ctx, slog.LevelError, "upstream pagination broken", slog.String("error", err.Error()))
+		return withInfo(connect.NewError(connect.CodeInternal, err), GatewayErrorDomain, "UPSTREAM_EMPTY_PAGES", nil)
 	case errors.Is(err, upstream.ErrMalformedResponse):
 		s.logger.LogAttrs(ctx, slog.LevelError, "malformed upstream response", slog.String("error", err.Error()))
 		return withInfo(connect.NewError(connect.CodeInternal, err), GatewayErrorDomain, "UPSTREAM_RESPONSE_MALFORMED", nil)

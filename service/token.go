@@ -19,8 +19,16 @@ type position struct {
 // tokenVersion leads every token; a new layout gets a new number.
 const tokenVersion = 1
 
-// maxTokenLength bounds page_token before decoding.
+// maxTokenLength bounds page_token before decoding. It leaves room for the
+// longest token encodeToken makes: 1+4+3 bytes of header (a skip below
+// 2^20 is at most 3 uvarint bytes) and an upstream NextToken of up to
+// upstream.MaxNextTokenLength (1024) bytes, 1376 characters in all, so the
+// gateway never hands out a token it would then refuse.
 const maxTokenLength = 2048
+
+// maxSkip bounds a position's skip; encodeToken never makes more (a page
+// holds far fewer records).
+const maxSkip = 1 << 20
 
 var (
 	errTokenMalformed = errors.New("page_token is not a token this gateway issued")
@@ -43,7 +51,10 @@ func encodeToken(region, desktop string, p position) string {
 }
 
 // decodeToken parses a token made by encodeToken for the same region and
-// desktop; "" is the start.
+// desktop; "" is the start. It accepts only the exact string encodeToken
+// makes for the position it decodes to (no base64 padding bits or line
+// breaks, no overlong varint), so every position has one token: a cache
+// keyed on a Connect GET request sees one URL per page.
 func decodeToken(region, desktop, token string) (position, error) {
 	if token == "" {
 		return position{}, nil
@@ -59,12 +70,15 @@ func decodeToken(region, desktop, token string) (position, error) {
 		return position{}, errTokenOtherDesk
 	}
 	skip, n := binary.Uvarint(b[5:])
-	if n <= 0 || skip >= 1<<20 {
+	if n <= 0 || skip >= maxSkip {
 		return position{}, errTokenMalformed
 	}
 	p := position{upstreamToken: string(b[5+n:]), skip: int(skip)}
 	if p.upstreamToken == "" && p.skip == 0 {
 		return position{}, errTokenMalformed // encodeToken never makes this
+	}
+	if encodeToken(region, desktop, p) != token {
+		return position{}, errTokenMalformed // not the canonical spelling
 	}
 	return p, nil
 }

@@ -294,7 +294,7 @@ func (in DescribeInput) check() error {
 // validRegion keeps the region, which becomes part of the endpoint's host
 // name, to lower-case letters, digits and dashes.
 func validRegion(r string) bool {
-	if r == "" || len(r) > 64 {
+	if r == "" || len(r) > 63 { // one DNS label
 		return false
 	}
 	for i := 0; i < len(r); i++ {

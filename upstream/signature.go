@@ -127,7 +127,9 @@ func (r V3Request) CanonicalRequest() (canonical, signedHeaders string) {
 	for _, name := range names {
 		b.WriteString(name)
 		b.WriteByte(':')
-		b.WriteString(strings.TrimSpace(r.Headers[name]))
+		// ASCII whitespace only, as HTTP and the specification trim:
+		// strings.TrimSpace would also drop Unicode spaces such as U+00A0.
+		b.WriteString(strings.Trim(r.Headers[name], " \t\n\r\v\f"))
 		b.WriteByte('\n')
 	}
 	b.WriteByte('\n')
