@@ -84,10 +84,10 @@ func TestFaultSoak(t *testing.T) {
 	transport := upstream.NewTransport()
 	t.Cleanup(transport.CloseIdleConnections)
 	h := startHarness(t, harnessConfig{
-		desktops:   ds,
-		faults:     ecdsim.Faults{ThrottleFraction: 0.30, ServerErrorFraction: 0.05},
-		wrapSim:    arrivals.wrap,
-		retry:      upstream.RetryPolicy{MaxAttempts: 20, BaseDelay: time.Millisecond, MaxDelay: 20 * time.Millisecond},
+		desktops: ds,
+		faults:   ecdsim.Faults{ThrottleFraction: 0.30, ServerErrorFraction: 0.05},
+		wrapSim:  arrivals.wrap,
+		retry:    upstream.RetryPolicy{MaxAttempts: 20, BaseDelay: time.Millisecond, MaxDelay: 20 * time.Millisecond},
 		clientOpts: []upstream.Option{
 			upstream.WithRateLimit(qps, burst),
 			upstream.WithTransport(admissions.roundTripper(transport)),
