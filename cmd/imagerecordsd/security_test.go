@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -313,5 +314,42 @@ func TestRequestLimits(t *testing.T) {
 	}
 	if after := h.sim.Stats().Requests; after != before {
 		t.Errorf("oversized requests caused %d upstream calls", after-before)
+	}
+}
+
+func TestMaxConcurrentStreamsPerConnection(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessConfig{
+		desktops: testDesktops,
+		faults:   ecdsim.Faults{Latency: 100 * time.Millisecond},
+		args:     []string{"--max-concurrent-streams", "1"},
+	})
+	// One connection whose client honours the server's stream limit
+	// instead of dialing another connection.
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	h.http = &http.Client{Transport: &http.Transport{Protocols: &p, HTTP2: &http.HTTP2Config{StrictMaxConcurrentRequests: true}}}
+	c := h.client(connect.WithGRPC())
+	stream, err := c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: testRegion, DesktopId: bigDesktop, // 13 pages of 100 ms: holds the only stream for over a second
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !stream.Receive() {
+		t.Fatal(stream.Err())
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	_, err = c.ListImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: smallDesktop}))
+	if connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+		t.Errorf("a second RPC on a connection limited to one stream: %v, want it to wait (DeadlineExceeded)", err)
+	}
+	if _, err := drain(t, stream); err != nil {
+		t.Fatal(err)
+	}
+	// With the stream done, the slot is free again.
+	if err := listOK(t, h); err != nil {
+		t.Errorf("after the stream: %v", err)
 	}
 }
