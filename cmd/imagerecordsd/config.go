@@ -41,6 +41,7 @@ type config struct {
 	maxRequestBytes           int
 	maxHeaderBytes            int
 	maxConcurrentStreams      int
+	compressMinBytes          int
 }
 
 // usageError is a bad command line; main exits 2 for it.
@@ -73,6 +74,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.maxRequestBytes, "max-request-bytes", 64<<10, "largest request message accepted")
 	fs.IntVar(&cfg.maxHeaderBytes, "max-header-bytes", 64<<10, "largest request header block accepted")
 	fs.IntVar(&cfg.maxConcurrentStreams, "max-concurrent-streams", 250, "HTTP/2 streams (RPCs) allowed at once on one connection")
+	fs.IntVar(&cfg.compressMinBytes, "compress-min-bytes", 0, "gzip (fastest level) responses of at least this many bytes when the caller accepts gzip; 0: never compress (cheapest inside a mesh)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: imagerecordsd [flags]\n\nEvery flag can also be set by the environment variable %s<FLAG> (upper case, - as _).\nCredentials come from the standard Alibaba Cloud chain (ALIBABA_CLOUD_ACCESS_KEY_ID, ...).\n\nFlags:\n", envPrefix)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -495,5 +496,38 @@ func TestStreamOutlivesReadHeaderTimeout(t *testing.T) {
 	}
 	if elapsed := time.Since(start); elapsed < 500*time.Millisecond {
 		t.Fatalf("the stream took %v, not longer than the header timeout: the test proves nothing", elapsed)
+	}
+}
+
+func TestResponseCompressionIsOptIn(t *testing.T) {
+	t.Parallel()
+	testCases := []struct {
+		name string
+		args []string
+		want string // Content-Encoding of a 100-record page
+	}{
+		{"default: never", nil, ""},
+		{"--compress-min-bytes 1024", []string{"--compress-min-bytes", "1024"}, "gzip"},
+	}
+	for _, tc := range testCases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := startHarness(t, harnessConfig{desktops: testDesktops, args: tc.args})
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, h.url+"/ecd.imagerecords.v1.ImageRecordsService/ListImageModifiedRecords",
+				strings.NewReader(`{"regionId":"cn-hangzhou","desktopId":"`+bigDesktop+`","pageSize":100}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Accept-Encoding", "gzip")
+			res, err := h.http.Transport.RoundTrip(req) // the raw answer, not decompressed
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if res.StatusCode != http.StatusOK || res.Header.Get("Content-Encoding") != tc.want {
+				t.Errorf("HTTP %d, Content-Encoding %q, want %q", res.StatusCode, res.Header.Get("Content-Encoding"), tc.want)
+			}
+		})
 	}
 }
