@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"log/slog"
+	"math"
 
 	"connectrpc.com/connect"
 	"go.opentelemetry.io/otel/metric"
@@ -83,9 +84,11 @@ func (s *Service) ListImageModifiedRecords(ctx context.Context, req *connect.Req
 }
 
 // StreamImageModifiedRecords sends every record of a desktop, one message per
-// upstream page. The next page is fetched only after the previous message
-// was handed to the transport, so a slow caller slows the upstream paging
-// (HTTP/2 flow control blocks Send) and at most one page is held in memory.
+// upstream page. While one page is being sent the next is fetched, and no
+// further: a slow caller slows the upstream paging (HTTP/2 flow control
+// blocks Send once the caller's receive window is full), at most two pages
+// are held in memory, and with max_records no page beyond the last needed
+// one is asked for.
 func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.Request[imagerecordsv1.StreamImageModifiedRecordsRequest], stream *connect.ServerStream[imagerecordsv1.StreamImageModifiedRecordsResponse]) error {
 	msg := req.Msg
 	region, desktop := msg.GetRegionId(), msg.GetDesktopId()
@@ -104,7 +107,11 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 	remaining := msg.GetMaxRecords() // 0: unlimited
 	skip := pos.skip
 	in := upstream.DescribeInput{RegionID: region, DesktopID: desktop, NextToken: pos.upstreamToken}
-	for page, err := range upstream.Pages(ctx, s.api, in) {
+	paging := []upstream.PagesOption{upstream.Prefetch()}
+	if remaining > 0 { // the records to skip come out of the first page
+		paging = append(paging, upstream.Limit(int(min(remaining+int64(skip), math.MaxInt32))))
+	}
+	for page, err := range upstream.Pages(ctx, s.api, in, paging...) {
 		if err != nil {
 			return s.toConnectError(ctx, err)
 		}

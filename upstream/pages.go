@@ -34,9 +34,10 @@ func (e *EmptyPagesError) Is(target error) bool { return target == ErrMalformedR
 
 // Pages pages through a desktop's records from in.NextToken on, always asking
 // for [MaxPageSize] records per call so a stream costs the fewest round
-// trips. It fetches the next page only when the consumer asks for it, so
-// a consumer that stops (breaks out of the range loop) stops the fetching
-// at once, and at most one page is in memory.
+// trips. By default it fetches the next page only when the consumer asks
+// for it; with [Prefetch] it fetches it while the consumer handles the
+// current one. Either way a consumer that stops (breaks out of the range
+// loop) stops the fetching at once, and at most two pages are in memory.
 //
 // It ends after the page with an empty NextToken, or with an error. A
 // NextToken that was seen before (a token that does not advance, or a cycle
@@ -59,40 +60,133 @@ func (e *EmptyPagesError) Is(target error) bool { return target == ErrMalformedR
 //     records were added): records have no id the gateway could
 //     de-duplicate on, and two identical changes are possible, so duplicates
 //     are passed on as the upstream sent them.
-func Pages(ctx context.Context, api API, in DescribeInput) iter.Seq2[*Page, error] {
+func Pages(ctx context.Context, api API, in DescribeInput, opts ...PagesOption) iter.Seq2[*Page, error] {
+	var cfg pagesConfig
+	for _, opt := range opts {
+		opt(&cfg)
+	}
 	in.MaxResults = MaxPageSize
 	return func(yield func(*Page, error) bool) {
-		seen := map[string]int{}
+		seq := &pageSequence{api: api, in: in, limit: cfg.limit, seen: map[string]int{}}
 		if in.NextToken != "" {
-			seen[in.NextToken] = 0
+			seq.seen[in.NextToken] = 0
 		}
-		empty := 0 // pages in a row with no records and a NextToken
-		for n := 1; ; n++ {
-			page, err := api.DescribeImageModifiedRecords(withPageNumber(ctx, n), in)
-			if err != nil {
-				yield(nil, err)
-				return
-			}
-			page.Token = in.NextToken
-			if page.NextToken != "" {
-				if first, dup := seen[page.NextToken]; dup {
-					yield(nil, &PaginationError{Page: n, FirstSeen: first})
+		if !cfg.prefetch {
+			for {
+				page, more, err := seq.next(ctx)
+				if !yield(page, err) || !more {
 					return
 				}
-				seen[page.NextToken] = n
-				if len(page.Records) == 0 {
-					if empty++; empty > MaxEmptyPages {
-						yield(nil, &EmptyPagesError{Page: n, Empty: empty})
-						return
-					}
-				} else {
-					empty = 0
-				}
 			}
-			if !yield(page, nil) || page.NextToken == "" {
-				return
+		}
+		prefetch(ctx, seq, yield)
+	}
+}
+
+// PagesOption configures [Pages].
+type PagesOption func(*pagesConfig)
+
+type pagesConfig struct {
+	prefetch bool
+	limit    int
+}
+
+// Prefetch makes [Pages] fetch page k+1 while the consumer handles page k,
+// so that the consumer's work (converting, sending to a caller) hides
+// inside the next round trip. It never runs more than one page ahead: the
+// fetched page waits until the consumer takes it.
+func Prefetch() PagesOption {
+	return func(c *pagesConfig) { c.prefetch = true }
+}
+
+// Limit makes [Pages] stop after the page that brings the records it
+// yielded to n or more, so a consumer that needs only n records causes no
+// call beyond them, prefetching or not. n <= 0: no limit.
+func Limit(n int) PagesOption {
+	return func(c *pagesConfig) { c.limit = n }
+}
+
+// pageSequence fetches the pages of one desktop in order and enforces the
+// rules of [Pages].
+type pageSequence struct {
+	api     API
+	in      DescribeInput
+	limit   int
+	seen    map[string]int // NextToken → the page that returned it
+	n       int            // pages fetched
+	empty   int            // pages in a row with no records and a NextToken
+	records int            // records fetched
+}
+
+// next fetches the next page. more reports whether another page follows.
+func (s *pageSequence) next(ctx context.Context) (page *Page, more bool, err error) {
+	s.n++
+	page, err = s.api.DescribeImageModifiedRecords(withPageNumber(ctx, s.n), s.in)
+	if err != nil {
+		return nil, false, err
+	}
+	page.Token = s.in.NextToken
+	if page.NextToken != "" {
+		if first, dup := s.seen[page.NextToken]; dup {
+			return nil, false, &PaginationError{Page: s.n, FirstSeen: first}
+		}
+		s.seen[page.NextToken] = s.n
+		if len(page.Records) == 0 {
+			if s.empty++; s.empty > MaxEmptyPages {
+				return nil, false, &EmptyPagesError{Page: s.n, Empty: s.empty}
 			}
-			in.NextToken = page.NextToken
+		} else {
+			s.empty = 0
 		}
 	}
+	s.records += len(page.Records)
+	s.in.NextToken = page.NextToken
+	return page, page.NextToken != "" && (s.limit <= 0 || s.records < s.limit), nil
+}
+
+// prefetch runs seq on a producer goroutine that fetches the next page as
+// soon as the consumer has taken the previous one, and yields the pages in
+// order. When the consumer stops, the fetch in flight is cancelled and the
+// producer has ended before prefetch returns. When ctx ends first, the
+// sequence ends with ctx's error, never silently.
+func prefetch(ctx context.Context, seq *pageSequence, yield func(*Page, error) bool) {
+	parent := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	type result struct {
+		page *Page
+		more bool
+		err  error
+	}
+	results := make(chan result) // unbuffered: one page waits, none queue
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(results)
+		for {
+			page, more, err := seq.next(ctx)
+			select {
+			case results <- result{page, more, err}:
+			case <-ctx.Done():
+				return
+			}
+			if !more || err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	for r := range results {
+		if !yield(r.page, r.err) || r.err != nil || !r.more {
+			return
+		}
+	}
+	// The producer gave up before the end: only ctx ending makes it.
+	err := context.Cause(parent)
+	if err == nil {
+		err = context.Canceled
+	}
+	yield(nil, err)
 }
