@@ -21,22 +21,26 @@ func statusOf(n int) imagerecordsv1.ImageModificationStatus {
 	return imagerecordsv1.ImageModificationStatus_IMAGE_MODIFICATION_STATUS_UNSPECIFIED
 }
 
-// convertRecords turns upstream records into proto records.
+// convertRecords turns upstream records into proto records. The records
+// and their timestamps are allocated as one block each per page, not one
+// object each: a page is sent, and freed, as a whole.
 func convertRecords(in []upstream.Record) []*imagerecordsv1.ImageModifiedRecord {
 	out := make([]*imagerecordsv1.ImageModifiedRecord, len(in))
+	records := make([]imagerecordsv1.ImageModifiedRecord, len(in))
+	times := make([]timestamppb.Timestamp, len(in))
 	for i := range in {
-		r := &in[i]
-		pr := &imagerecordsv1.ImageModifiedRecord{
-			Status:         statusOf(r.Status),
-			UpstreamStatus: int32(r.Status),
-			ImageId:        r.ImageID,
-			ImageName:      r.ImageName,
-			NewImageId:     r.NewImageID,
-			NewImageName:   r.NewImageName,
-			Reason:         r.Reason,
-		}
+		r, pr := &in[i], &records[i]
+		pr.Status = statusOf(r.Status)
+		pr.UpstreamStatus = int32(r.Status)
+		pr.ImageId = r.ImageID
+		pr.ImageName = r.ImageName
+		pr.NewImageId = r.NewImageID
+		pr.NewImageName = r.NewImageName
+		pr.Reason = r.Reason
 		if !r.UpdateTime.IsZero() {
-			pr.UpdateTime = timestamppb.New(r.UpdateTime)
+			times[i].Seconds = r.UpdateTime.Unix()
+			times[i].Nanos = int32(r.UpdateTime.Nanosecond())
+			pr.UpdateTime = &times[i]
 		}
 		out[i] = pr
 	}
