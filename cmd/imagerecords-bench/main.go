@@ -1,0 +1,256 @@
+// Command imagerecords-bench measures the gateway against the physical
+// limit of NextToken paging and against a caller who skips it.
+//
+// In one process it starts the ECD simulator (upstream/ecdsim) on a
+// loopback HTTP server and the gateway (upstream.Client, service.Service,
+// the connect handler) on a loopback HTTP/1.1 + h2c server, drives the
+// chosen scenarios with connect-go gRPC clients and with a plain
+// net/http + encoding/json reference client that calls the simulator
+// directly, and prints one table: each figure through the gateway, the
+// reference measured in the same run, their ratio, the target and whether
+// it is met.
+//
+//	go run ./cmd/imagerecords-bench                       # every scenario, < 2 min on 2 cores
+//	go run ./cmd/imagerecords-bench -scenarios 3 -cpuprofile cpu.out -memprofile mem.out
+//
+// Scenarios:
+//
+//  1. upstream calls of a full stream of N records (N = 1, 100, 101, 10,000)
+//  2. a latency-bound stream: 10,000 records at 20 ms per upstream call
+//  3. a CPU-bound stream: 200,000 records, no upstream latency
+//  4. flat memory and backpressure: 1,000,000 records to a slow reader
+//  5. many callers: 1,000 concurrent streams of 1,000 records at 20 ms
+//  6. unary ListImageModifiedRecords at concurrency 64, no latency
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// options are the command-line flags.
+type options struct {
+	scenarios     []int
+	latency       time.Duration
+	repeat        int
+	telemetry     string
+	compressMin   int
+	clientWindow  int
+	upstreamQPS   float64
+	upstreamBurst int
+	cpuProfile    string
+	memProfile    string
+
+	s1Sizes       []int
+	s2Records     int
+	s3Records     int
+	s4Records     int
+	s4Small       int
+	s4ReadDelay   time.Duration
+	s4Latency     time.Duration
+	s5Streams     int
+	s5Records     int
+	s5Clients     int
+	s5Ramp        time.Duration
+	s6Concurrency int
+	s6Duration    time.Duration
+	s6Unloaded    time.Duration
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("imagerecords-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	scenarios := fs.String("scenarios", "1,2,3,4,5,6", "comma-separated scenarios to run")
+	fs.DurationVar(&o.latency, "latency", 20*time.Millisecond, "upstream latency per call in scenarios 2 and 5")
+	fs.IntVar(&o.repeat, "repeat", 3, "repetitions of each timed run in scenarios 2 and 3 (medians are reported)")
+	fs.StringVar(&o.telemetry, "telemetry", telemetryNoop, "gateway telemetry: noop (no-op OTel providers) or sdk (OTel SDK without exporters and the otelconnect interceptor, as imagerecordsd runs)")
+	fs.IntVar(&o.compressMin, "compress-min-bytes", 0, "the gateway's --compress-min-bytes: gzip (fastest level) responses of at least this size to clients that accept it, as connect-go clients do; 0: never, imagerecordsd's default")
+	fs.IntVar(&o.clientWindow, "client-window", 0, "HTTP/2 per-stream receive window of the gateway clients in bytes; 0 is Go's default (4 MiB)")
+	fs.Float64Var(&o.upstreamQPS, "upstream-qps", 0, "the gateway's shared upstream rate limit in calls per second (imagerecordsd defaults to 100); 0: none")
+	fs.IntVar(&o.upstreamBurst, "upstream-burst", 20, "burst above -upstream-qps")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of -repeat extra gateway streams of scenario 3 to this file")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write an allocation profile of those streams to this file (and FILE.base before it: go tool pprof -sample_index=alloc_space -base FILE.base FILE)")
+	sizes := fs.String("s1-sizes", "1,100,101,10000", "scenario 1: record counts")
+	fs.IntVar(&o.s2Records, "s2-records", 10_000, "scenario 2: records")
+	fs.IntVar(&o.s3Records, "s3-records", 200_000, "scenario 3: records")
+	fs.IntVar(&o.s4Records, "s4-records", 1_000_000, "scenario 4: records of the big stream")
+	fs.IntVar(&o.s4Small, "s4-small", 10_000, "scenario 4: records of the stream it is compared with")
+	fs.DurationVar(&o.s4ReadDelay, "s4-read-delay", time.Millisecond, "scenario 4: the slow reader's sleep between messages")
+	fs.DurationVar(&o.s4Latency, "s4-latency", 0, "scenario 4: upstream latency per call")
+	fs.IntVar(&o.s5Streams, "s5-streams", 1000, "scenario 5: concurrent streams (one desktop each)")
+	fs.IntVar(&o.s5Records, "s5-records", 1000, "scenario 5: records per stream")
+	fs.IntVar(&o.s5Clients, "s5-clients", 10, "scenario 5: gateway client connections the streams are spread over")
+	fs.DurationVar(&o.s5Ramp, "s5-ramp", 0, "scenario 5: spread the stream starts evenly over this long; 0 starts them all at once")
+	fs.IntVar(&o.s6Concurrency, "s6-concurrency", 64, "scenario 6: concurrent callers")
+	fs.DurationVar(&o.s6Duration, "s6-duration", 10*time.Second, "scenario 6: duration of each side's run")
+	fs.DurationVar(&o.s6Unloaded, "s6-unloaded", 2*time.Second, "scenario 6: duration of each side's extra run at concurrency 1 (0 skips it)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var err error
+	if o.scenarios, err = parseInts(*scenarios); err != nil {
+		return o, fmt.Errorf("-scenarios: %w", err)
+	}
+	for _, n := range o.scenarios {
+		if n < 1 || n > 6 {
+			return o, fmt.Errorf("-scenarios: there is no scenario %d", n)
+		}
+	}
+	if o.s1Sizes, err = parseInts(*sizes); err != nil {
+		return o, fmt.Errorf("-s1-sizes: %w", err)
+	}
+	if o.repeat < 1 || o.s5Clients < 1 || o.s6Concurrency < 1 {
+		return o, fmt.Errorf("-repeat, -s5-clients and -s6-concurrency must be positive")
+	}
+	return o, nil
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive integer", f)
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+func main() {
+	o, err := parseFlags(os.Args[1:], os.Stderr)
+	if err != nil {
+		if err != flag.ErrHelp {
+			fmt.Fprintln(os.Stderr, "imagerecords-bench:", err)
+		}
+		os.Exit(2)
+	}
+	if err := run(o, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "imagerecords-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options, stdout, stderr io.Writer) error {
+	printMachine(stdout, o)
+	scenarios := map[int]func(options, io.Writer) (*report, error){
+		1: scenarioCalls,
+		2: scenarioLatencyBound,
+		3: scenarioCPUBound,
+		4: scenarioMemory,
+		5: scenarioManyCallers,
+		6: scenarioUnary,
+	}
+	order := slices.Sorted(slices.Values(o.scenarios))
+	reports := map[int]*report{}
+	start := time.Now()
+	for _, n := range order {
+		t := time.Now()
+		fmt.Fprintf(stderr, "scenario %d ...\n", n)
+		settle()
+		rep, err := scenarios[n](o, stderr)
+		if err != nil {
+			return fmt.Errorf("scenario %d: %w", n, err)
+		}
+		rep.note("scenario time %.1f s", time.Since(t).Seconds())
+		reports[n] = rep
+	}
+	fmt.Fprintln(stdout)
+	printTable(stdout, reports, order)
+	fmt.Fprintf(stdout, "\ntotal time %.1f s; load average at the end %s\n", time.Since(start).Seconds(), loadAverage())
+	return nil
+}
+
+func printMachine(w io.Writer, o options) {
+	fmt.Fprintf(w, "command:   %s\n", strings.Join(quoteArgs(os.Args), " "))
+	fmt.Fprintf(w, "machine:   %s, NumCPU %d, GOMAXPROCS %d, %s %s/%s\n",
+		cpuModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	gzip := "no response compression (imagerecordsd's default)"
+	if o.compressMin > 0 {
+		gzip = fmt.Sprintf("gzip (fastest level) for responses >= %d bytes", o.compressMin)
+	}
+	window := "Go default"
+	if o.clientWindow > 0 {
+		window = fmt.Sprintf("%d bytes", o.clientWindow)
+	}
+	qps := "off"
+	if o.upstreamQPS > 0 {
+		qps = fmt.Sprintf("%g/s, burst %d", o.upstreamQPS, o.upstreamBurst)
+	}
+	fmt.Fprintf(w, "setup:     one process; simulator on loopback HTTP/1.1; gateway on loopback h2c; telemetry %s; upstream rate limit %s;\n"+
+		"           gateway clients: connect-go gRPC over h2c, %s, per-stream receive window %s;\n"+
+		"           reference: net/http + encoding/json calling the simulator directly, MaxResults=100, V3-signed\n",
+		o.telemetry, qps, gzip, window)
+	fmt.Fprintf(w, "load:      %s (1, 5, 15 min load average at start; the machine is shared)\n", loadAverage())
+}
+
+func quoteArgs(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a == "" || strings.ContainsAny(a, " \t\"'$\\") {
+			a = strconv.Quote(a)
+		}
+		out[i] = a
+	}
+	return out
+}
+
+// profiles starts the CPU profile and writes the allocation baseline, as
+// the options ask; the returned function stops the one and writes the
+// other.
+func profiles(o options) (stop func() error, err error) {
+	if o.memProfile != "" {
+		if err := writeHeapProfile(o.memProfile + ".base"); err != nil {
+			return nil, err
+		}
+	}
+	var cpu *os.File
+	if o.cpuProfile != "" {
+		if cpu, err = os.Create(o.cpuProfile); err != nil {
+			return nil, err
+		}
+		if err := pprof.StartCPUProfile(cpu); err != nil {
+			cpu.Close()
+			return nil, err
+		}
+	}
+	return func() error {
+		if cpu != nil {
+			pprof.StopCPUProfile()
+			if err := cpu.Close(); err != nil {
+				return err
+			}
+		}
+		if o.memProfile != "" {
+			return writeHeapProfile(o.memProfile)
+		}
+		return nil
+	}, nil
+}
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	runtime.GC() // the profile shows allocations up to the last GC
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
