@@ -47,6 +47,7 @@ type options struct {
 	upstreamQPS   float64
 	upstreamBurst int
 	cpuProfile    string
+	unaryProfile  string
 	memProfile    string
 
 	s1Sizes       []int
@@ -78,6 +79,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.upstreamQPS, "upstream-qps", 0, "the gateway's shared upstream rate limit in calls per second (imagerecordsd defaults to 100); 0: none")
 	fs.IntVar(&o.upstreamBurst, "upstream-burst", 20, "burst above -upstream-qps")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of -repeat extra gateway streams of scenario 3 to this file")
+	fs.StringVar(&o.unaryProfile, "unary-cpuprofile", "", "write a CPU profile of scenario 6's gateway run at concurrency 1 to this file")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write an allocation profile of those streams to this file (and FILE.base before it: go tool pprof -sample_index=alloc_space -base FILE.base FILE)")
 	sizes := fs.String("s1-sizes", "1,100,101,10000", "scenario 1: record counts")
 	fs.IntVar(&o.s2Records, "s2-records", 10_000, "scenario 2: records")

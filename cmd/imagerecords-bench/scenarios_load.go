@@ -367,7 +367,21 @@ func scenarioUnary(o options, log io.Writer) (*report, error) {
 	measure := func(concurrency int, d time.Duration) {
 		fmt.Fprintf(log, "scenario 6: concurrency %d, %v each way ...\n", concurrency, d)
 		ref := runUnary(concurrency, d, directCall)
-		gw := runUnary(concurrency, d, gatewayCall)
+		var gw unaryRun
+		if concurrency == 1 && o.unaryProfile != "" {
+			stop, err := profiles(options{cpuProfile: o.unaryProfile})
+			if err != nil {
+				fmt.Fprintf(log, "scenario 6: profile: %v\n", err)
+			}
+			gw = runUnary(concurrency, d, gatewayCall)
+			if stop != nil {
+				if err := stop(); err != nil {
+					fmt.Fprintf(log, "scenario 6: profile: %v\n", err)
+				}
+			}
+		} else {
+			gw = runUnary(concurrency, d, gatewayCall)
+		}
 		p := func(r unaryRun, q float64) float64 { return seconds(percentile(r.lat, q)) }
 		label := fmt.Sprintf("c=%d", concurrency)
 		added := p(gw, 50) - p(ref, 50)
