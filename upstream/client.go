@@ -250,6 +250,10 @@ func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeIn
 		}
 		delay, retry := c.retry.decide(ctx, err, attempt, &onceOnly)
 		if !retry {
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
+				// The caller gave up while this attempt ended: say both.
+				err = fmt.Errorf("%w (after %w)", cause, err)
+			}
 			return nil, err
 		}
 		if !c.budget.withdraw() {
