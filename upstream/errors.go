@@ -110,9 +110,10 @@ func (e *APIError) Kind() Kind {
 }
 
 // retryable reports whether another attempt may succeed: throttling,
-// transient upstream faults and a used nonce (the next attempt has a fresh
-// one). refresh reports that credentials should be fetched anew first.
-func (e *APIError) retryable() (retry bool) {
+// transient upstream faults, a used nonce (the next attempt has a fresh
+// one) and an expired STS token (every attempt fetches credentials anew,
+// and the credentials library refreshes expiring ones).
+func (e *APIError) retryable() bool {
 	switch e.Kind() {
 	case KindThrottled, KindUnavailable:
 		return true
