@@ -35,14 +35,20 @@ type answerTransport struct {
 
 func (t *answerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	a, _ := req.Context().Value(answerKey{}).(*answer)
+	if a == nil {
+		return t.base.RoundTrip(req)
+	}
+	span := trace.SpanFromContext(req.Context())
+	a.annotateRequest(span) // before the call: a failed attempt carries them too
 	resp, err := t.base.RoundTrip(req)
-	if err != nil || a == nil {
+	if err != nil {
+		span.SetAttributes(attribute.String("ecd.error.code", errorCode(&networkError{err: err})))
 		return resp, err
 	}
 	a.result, a.err = readAnswer(resp, t.maxBytes)
 	resp.Body.Close()
 	resp.Body = http.NoBody
-	a.annotate(trace.SpanFromContext(req.Context()))
+	a.annotateAnswer(span)
 	return resp, nil
 }
 
@@ -77,34 +83,40 @@ func readAnswer(resp *http.Response, maxBytes int64) (*Page, error) {
 	return decodePage(body)
 }
 
-// annotate records the attempt on its client span. Attribute values are
-// ids and codes, never credentials.
-func (a *answer) annotate(span trace.Span) {
+// annotateRequest records what the attempt asked for on its client span.
+// Attribute values are ids and codes, never credentials.
+func (a *answer) annotateRequest(span trace.Span) {
 	if !span.IsRecording() {
 		return
 	}
-	attrs := []attribute.KeyValue{
+	span.SetAttributes(
 		attribute.String("ecd.action", Action),
 		attribute.String("cloud.region", a.in.RegionID),
 		attribute.String("ecd.desktop_id", a.in.DesktopID),
 		attribute.Int("ecd.attempt", a.attempt),
-	}
+	)
 	if a.page > 0 {
-		attrs = append(attrs, attribute.Int("ecd.page", a.page))
+		span.SetAttributes(attribute.Int("ecd.page", a.page))
 	}
-	if a.result != nil {
-		attrs = append(attrs,
+}
+
+// annotateAnswer records what the answer said on the attempt's client span.
+func (a *answer) annotateAnswer(span trace.Span) {
+	if !span.IsRecording() {
+		return
+	}
+	throttled := false
+	switch apiErr, isAPIErr := a.err.(*APIError); {
+	case a.result != nil:
+		span.SetAttributes(
 			attribute.String("ecd.request_id", a.result.RequestID),
-			attribute.Int("ecd.page.records", len(a.result.Records)),
-			attribute.Bool("ecd.throttled", false))
+			attribute.Int("ecd.page.records", len(a.result.Records)))
+	case isAPIErr:
+		throttled = apiErr.Kind() == KindThrottled
+		span.SetAttributes(attribute.String("ecd.request_id", apiErr.RequestID))
 	}
-	if apiErr, ok := a.err.(*APIError); ok {
-		attrs = append(attrs,
-			attribute.String("ecd.request_id", apiErr.RequestID),
-			attribute.String("ecd.error.code", apiErr.Code),
-			attribute.Bool("ecd.throttled", apiErr.Kind() == KindThrottled))
-	} else if a.err != nil {
-		attrs = append(attrs, attribute.String("ecd.error.code", errorCode(a.err)))
+	if a.err != nil {
+		span.SetAttributes(attribute.String("ecd.error.code", errorCode(a.err)))
 	}
-	span.SetAttributes(attrs...)
+	span.SetAttributes(attribute.Bool("ecd.throttled", throttled))
 }
