@@ -115,8 +115,8 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 		if err != nil {
 			return s.toConnectError(ctx, err)
 		}
-		records := page.Records[min(skip, len(page.Records)):]
-		delivered := min(skip, len(page.Records)) // of this page, before this message
+		delivered := min(skip, len(page.Records)) // of this page, by an earlier stream
+		records := page.Records[delivered:]
 		skip = 0
 		resume := position{upstreamToken: page.NextToken}
 		done := page.NextToken == ""

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -99,6 +100,13 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	cfg.signature = v
 	if err := cfg.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return cfg, usageError{fmt.Errorf("--log-level: %w", err)}
+	}
+	if cfg.upstreamEndpoint != "" {
+		// Checked here, not at the first upstream call.
+		u, err := url.Parse(cfg.upstreamEndpoint)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" {
+			return cfg, usageError{fmt.Errorf("--upstream-endpoint %q is not an http(s) base URL such as https://ecd.vpc-proxy.aliyuncs.com", cfg.upstreamEndpoint)}
+		}
 	}
 	if cfg.simulate && cfg.upstreamEndpoint != "" {
 		return cfg, usageError{fmt.Errorf("--simulate and --upstream-endpoint exclude each other")}

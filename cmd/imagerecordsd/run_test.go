@@ -169,10 +169,16 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"--signature", "v2"},
 		{"--simulate", "--upstream-endpoint", "http://127.0.0.1:1"},
 		{"--no-such-flag"},
+		{"--upstream-endpoint", "ecd.cn-hangzhou.aliyuncs.com"}, // no scheme
+		{"--upstream-endpoint", "ftp://ecd.example"},
 		{"stray-argument"},
 	}
 	for _, args := range testCases {
-		err := Run(t.Context(), args, io.Discard, io.Discard)
+		// Were a bad flag accepted, Run would serve: end it soon, so the
+		// test fails instead of hanging.
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		err := Run(ctx, append(args, "--listen", "127.0.0.1:0"), io.Discard, io.Discard)
+		cancel()
 		if _, ok := err.(usageError); !ok {
 			t.Errorf("Run(%q) = %v, want a usage error", args, err)
 		}
