@@ -166,3 +166,22 @@ func TestThrottlingHintIsHonoured(t *testing.T) {
 		t.Errorf("ThrottlingHint() = %v, %v; want 1m", hint, ok)
 	}
 }
+
+func TestRateLimitNeverWaitsPastTheDeadline(t *testing.T) {
+	t.Parallel()
+	sc, srv := newScripted(t, step{status: http.StatusOK, body: okBody})
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRateLimit(0.1, 1)) // a token every 10 s
+	if _, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"}); err != nil {
+		t.Fatal(err) // the burst of one
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := c.DescribeImageModifiedRecords(ctx, upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"})
+	if err == nil || sc.attempts() != 1 {
+		t.Fatalf("err = %v after %d upstream calls; want a rate-limit error and no second call", err, sc.attempts())
+	}
+	if elapsed := time.Since(start); elapsed >= time.Second {
+		t.Errorf("waited %v, until the deadline, for a token that could not come in time", elapsed)
+	}
+}

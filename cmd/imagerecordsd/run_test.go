@@ -290,3 +290,24 @@ func TestNewRPCsAreRefusedWhileDraining(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// This test sets environment variables, so it does not run in parallel.
+func TestFlagsFromEnvironment(t *testing.T) {
+	t.Setenv("IMAGERECORDS_LISTEN", "127.0.0.1:9999")
+	t.Setenv("IMAGERECORDS_SIGNATURE", "v1")
+	t.Setenv("IMAGERECORDS_UPSTREAM_QPS", "7.5")
+	cfg, err := parseConfig([]string{"--signature", "v3"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.listen != "127.0.0.1:9999" || cfg.upstreamQPS != 7.5 {
+		t.Errorf("from the environment: listen %q, upstream QPS %v", cfg.listen, cfg.upstreamQPS)
+	}
+	if cfg.signature != "v3" {
+		t.Errorf("signature %q: a flag on the command line must win over its variable", cfg.signature)
+	}
+	t.Setenv("IMAGERECORDS_MAX_REQUEST_BYTES", "lots")
+	if _, err := parseConfig(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "IMAGERECORDS_MAX_REQUEST_BYTES") {
+		t.Errorf("a bad variable: %v, want an error naming it", err)
+	}
+}
