@@ -1,15 +1,10 @@
 package service_test
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"math"
-	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +14,9 @@ import (
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
 	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
 	"github.com/imagerecords/imagerecords/service"
+	"github.com/imagerecords/imagerecords/service/gateway/gatewaytest"
 	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/upstreamtest"
 )
 
 // Bad upstream data through the whole service: a misbehaving upstream
@@ -29,110 +26,34 @@ import (
 // Every stream must deliver the good pages, then end with a coded
 // Internal error, never hang, panic or send a broken message.
 
-// scriptedUpstream answers each request with the body scripted for its
-// NextToken and records the tokens asked for.
-type scriptedUpstream struct {
-	bodies map[string]string
-	mu     sync.Mutex
-	tokens []string
-}
-
-func (s *scriptedUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	token := r.URL.Query().Get("NextToken")
-	s.mu.Lock()
-	s.tokens = append(s.tokens, token)
-	s.mu.Unlock()
-	body, ok := s.bodies[token]
-	if !ok {
-		w.WriteHeader(http.StatusBadRequest)
-		_, _ = io.WriteString(w, `{"RequestId":"X","Code":"InvalidParameter.NextToken","Message":"unscripted token"}`)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = io.WriteString(w, body)
-}
-
-func (s *scriptedUpstream) requested() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.tokens)
-}
-
-// gatewayFor serves the service over the real client for bodies.
-func gatewayFor(t *testing.T, bodies map[string]string) (imagerecordsv1connect.ImageRecordsServiceClient, *scriptedUpstream) {
+// gatewayFor serves the gateway at its defaults in front of an upstream
+// that answers bodies (page bodies by NextToken), and returns a client
+// speaking Connect with protobuf JSON.
+func gatewayFor(t *testing.T, bodies map[string]string) (imagerecordsv1connect.ImageRecordsServiceClient, *upstreamtest.Upstream) {
 	t.Helper()
-	up := &scriptedUpstream{bodies: bodies}
-	upSrv := httptest.NewServer(up)
-	t.Cleanup(upSrv.Close)
-	client := upstream.NewClient(
-		upstream.StaticCredentials{AccessKeyID: "LTAIservicebad", AccessKeySecret: "service-bad-secret"},
-		upstream.WithEndpoint(upSrv.URL),
-		upstream.WithRetryPolicy(upstream.RetryPolicy{MaxAttempts: 1}),
-	)
-	mux := http.NewServeMux()
-	mux.Handle(imagerecordsv1connect.NewImageRecordsServiceHandler(service.New(client)))
-	gw := httptest.NewServer(mux)
-	t.Cleanup(gw.Close)
-	return imagerecordsv1connect.NewImageRecordsServiceClient(gw.Client(), gw.URL, connect.WithProtoJSON()), up
+	up := upstreamtest.ByToken(t, bodies)
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Upstream: up.URL,
+	})
+	return h.Client(connect.WithProtoJSON()), up
 }
 
-func upstreamBody(requestID string, total int, next string, records ...string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `{"RequestId":%q,"TotalCount":%d`, requestID, total)
-	if next != "" {
-		fmt.Fprintf(&b, `,"NextToken":%q`, next)
-	}
-	b.WriteString(`,"ImageModifiedRecords":[` + strings.Join(records, ",") + `]}`)
-	return b.String()
-}
-
-func upstreamRecord(status, updateTime string) string {
-	return `{"Status":` + status + `,"UpdateTime":` + updateTime + `,"ImageId":"m-1","ImageName":"a","NewImageId":"m-2","NewImageName":"b"}`
-}
-
-// drain reads a stream to its end.
-func drainStream(t *testing.T, c imagerecordsv1connect.ImageRecordsServiceClient, req *imagerecordsv1.StreamImageModifiedRecordsRequest) ([]*imagerecordsv1.StreamImageModifiedRecordsResponse, error) {
-	t.Helper()
-	st, err := c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(req))
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	var msgs []*imagerecordsv1.StreamImageModifiedRecordsResponse
-	for st.Receive() {
-		msgs = append(msgs, st.Msg())
-	}
-	return msgs, st.Err()
-}
-
+// gatewayInfo is the ErrorInfo of err, and whether err carries a RetryInfo.
 func gatewayInfo(t *testing.T, err error) (*errdetails.ErrorInfo, bool) {
 	t.Helper()
-	var cerr *connect.Error
-	if !errors.As(err, &cerr) {
-		t.Fatalf("error %v (%T) is not a *connect.Error", err, err)
-	}
-	var info *errdetails.ErrorInfo
-	retry := false
-	for _, d := range cerr.Details() {
-		switch v, _ := d.Value(); v := v.(type) {
-		case *errdetails.ErrorInfo:
-			info = v
-		case *errdetails.RetryInfo:
-			retry = true
-		}
-	}
-	return info, retry
+	_, retry := gatewaytest.Detail[*errdetails.RetryInfo](err)
+	return gatewaytest.ErrorInfo(t, err), retry
 }
 
 func TestStreamEndsCodedOnBadUpstreamData(t *testing.T) {
 	t.Parallel()
-	good := upstreamRecord("1", `"2022-03-03T02:43:44.851Z"`)
+	good := upstreamtest.RecordWith("Status", "1", "UpdateTime", `"2022-03-03T02:43:44.851Z"`)
 	emptyRun := func(n int) map[string]string {
-		s := map[string]string{"": upstreamBody("R0", 3, "E1", good)}
+		s := map[string]string{"": upstreamtest.Page("R0", 3, "E1", good)}
 		for i := 1; i <= n; i++ {
-			s[fmt.Sprintf("E%d", i)] = upstreamBody(fmt.Sprintf("R%d", i), 3, fmt.Sprintf("E%d", i+1))
+			s[fmt.Sprintf("E%d", i)] = upstreamtest.Page(fmt.Sprintf("R%d", i), 3, fmt.Sprintf("E%d", i+1))
 		}
-		s[fmt.Sprintf("E%d", n+1)] = upstreamBody("RL", 3, "", good)
+		s[fmt.Sprintf("E%d", n+1)] = upstreamtest.Page("RL", 3, "", good)
 		return s
 	}
 	testCases := []struct {
@@ -141,17 +62,17 @@ func TestStreamEndsCodedOnBadUpstreamData(t *testing.T) {
 		messages int      // before the error
 		reasons  []string // acceptable ErrorInfo reasons
 	}{
-		{"second page truncated", map[string]string{"": upstreamBody("R1", 2, "A", good), "A": upstreamBody("R2", 2, "", good)[:25]}, 1,
+		{"second page truncated", map[string]string{"": upstreamtest.Page("R1", 2, "A", good), "A": upstreamtest.Page("R2", 2, "", good)[:25]}, 1,
 			[]string{"UPSTREAM_RESPONSE_MALFORMED"}},
-		{"second page {}", map[string]string{"": upstreamBody("R1", 2, "A", good), "A": `{}`}, 1,
+		{"second page {}", map[string]string{"": upstreamtest.Page("R1", 2, "A", good), "A": `{}`}, 1,
 			[]string{"UPSTREAM_RESPONSE_MALFORMED"}},
-		{"Status past int32", map[string]string{"": upstreamBody("R1", 1, "", upstreamRecord("4294967297", `""`))}, 0,
+		{"Status past int32", map[string]string{"": upstreamtest.Page("R1", 1, "", upstreamtest.RecordWith("Status", "4294967297", "UpdateTime", `""`))}, 0,
 			[]string{"UPSTREAM_RESPONSE_MALFORMED"}},
-		{"TotalCount negative", map[string]string{"": upstreamBody("R1", -1, "", good)}, 0,
+		{"TotalCount negative", map[string]string{"": upstreamtest.Page("R1", -1, "", good)}, 0,
 			[]string{"UPSTREAM_RESPONSE_MALFORMED"}},
-		{"UpdateTime out of the Timestamp range", map[string]string{"": upstreamBody("R1", 1, "", upstreamRecord("1", `"9999-12-31T23:59:59-08:00"`))}, 0,
+		{"UpdateTime out of the Timestamp range", map[string]string{"": upstreamtest.Page("R1", 1, "", upstreamtest.RecordWith("Status", "1", "UpdateTime", `"9999-12-31T23:59:59-08:00"`))}, 0,
 			[]string{"UPSTREAM_RESPONSE_MALFORMED"}},
-		{"token cycle A→B→A", map[string]string{"": upstreamBody("R1", 3, "A", good), "A": upstreamBody("R2", 3, "B", good), "B": upstreamBody("R3", 3, "A", good)}, 2,
+		{"token cycle A→B→A", map[string]string{"": upstreamtest.Page("R1", 3, "A", good), "A": upstreamtest.Page("R2", 3, "B", good), "B": upstreamtest.Page("R3", 3, "A", good)}, 2,
 			[]string{"UPSTREAM_TOKEN_REPEATED"}},
 		// An *EmptyPagesError is a malformed answer sequence; a dedicated
 		// reason would do as well.
@@ -163,7 +84,7 @@ func TestStreamEndsCodedOnBadUpstreamData(t *testing.T) {
 			t.Parallel()
 			c, up := gatewayFor(t, tc.bodies)
 			req := &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: "cn-hangzhou", DesktopId: "ecd-bad"}
-			msgs, err := drainStream(t, c, req)
+			msgs, err := gatewaytest.Stream(t.Context(), c, req)
 			if len(msgs) != tc.messages {
 				t.Errorf("%d messages before the error, want %d", len(msgs), tc.messages)
 			}
@@ -182,12 +103,12 @@ func TestStreamEndsCodedOnBadUpstreamData(t *testing.T) {
 			if len(msgs) == 0 {
 				return
 			}
-			firstRun := up.requested()
+			firstRun := up.Tokens()
 			if len(firstRun) != len(msgs)+1 {
 				t.Fatalf("upstream asked for %q, want one call per message and one for the page that broke", firstRun)
 			}
-			_, _ = drainStream(t, c, &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: "cn-hangzhou", DesktopId: "ecd-bad", PageToken: msgs[len(msgs)-1].GetResumeToken()})
-			got := up.requested()
+			_, _ = gatewaytest.Stream(t.Context(), c, &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: "cn-hangzhou", DesktopId: "ecd-bad", PageToken: msgs[len(msgs)-1].GetResumeToken()})
+			got := up.Tokens()
 			if len(got) <= len(firstRun) {
 				t.Fatalf("resuming made no upstream call")
 			}
@@ -200,14 +121,14 @@ func TestStreamEndsCodedOnBadUpstreamData(t *testing.T) {
 
 func TestStreamKeepsUnknownStatusesAndExtremeValues(t *testing.T) {
 	t.Parallel()
-	c, _ := gatewayFor(t, map[string]string{"": upstreamBody("R1", math.MaxInt32, "",
-		upstreamRecord("7", `"0001-01-01T00:00:00.001Z"`),
-		upstreamRecord("-5", `"9999-12-31T23:59:59.999999999Z"`),
-		upstreamRecord("2147483647", `""`),
-		upstreamRecord("-2147483648", `null`),
-		upstreamRecord("2", `"2022-03-03T10:43:44.851+08:00"`),
+	c, _ := gatewayFor(t, map[string]string{"": upstreamtest.Page("R1", math.MaxInt32, "",
+		upstreamtest.RecordWith("Status", "7", "UpdateTime", `"0001-01-01T00:00:00.001Z"`),
+		upstreamtest.RecordWith("Status", "-5", "UpdateTime", `"9999-12-31T23:59:59.999999999Z"`),
+		upstreamtest.RecordWith("Status", "2147483647", "UpdateTime", `""`),
+		upstreamtest.RecordWith("Status", "-2147483648", "UpdateTime", `null`),
+		upstreamtest.RecordWith("Status", "2", "UpdateTime", `"2022-03-03T10:43:44.851+08:00"`),
 	)})
-	msgs, err := drainStream(t, c, &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: "cn-hangzhou", DesktopId: "ecd-bad"})
+	msgs, err := gatewaytest.Stream(t.Context(), c, &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: "cn-hangzhou", DesktopId: "ecd-bad"})
 	if err != nil {
 		t.Fatalf("stream: %v", err)
 	}
@@ -265,13 +186,13 @@ func TestListEndsCodedOnBadUpstreamData(t *testing.T) {
 // is the caller's mistake (InvalidArgument), not an unreachable upstream.
 func TestOverlongRegionIsInvalidArgument(t *testing.T) {
 	t.Parallel()
-	c, up := gatewayFor(t, map[string]string{"": upstreamBody("R1", 0, "")})
+	c, up := gatewayFor(t, map[string]string{"": upstreamtest.Page("R1", 0, "")})
 	region := "abcdefghijkl-" + strings.Repeat("a", 24) + "-" + strings.Repeat("b", 24) + "-" + strings.Repeat("c", 24)
 	_, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: region, DesktopId: "ecd-abc"}))
 	if connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Fatalf("region of %d bytes: %v, want InvalidArgument", len(region), err)
 	}
-	if n := len(up.requested()); n != 0 {
+	if n := len(up.Tokens()); n != 0 {
 		t.Errorf("%d upstream calls, want none", n)
 	}
 }

@@ -104,13 +104,13 @@ func FuzzValidateRequest(f *testing.F) {
 		var tokenMustBe *bool
 		switch m := mode % tokenModes; {
 		case !tokenChecked || token == "":
-			tokenMustBe = ptrTo(false)
+			tokenMustBe = new(false)
 		case len(token) > maxTokenLength:
-			tokenMustBe = ptrTo(true)
+			tokenMustBe = new(true)
 		case m == tokenValid:
-			tokenMustBe = ptrTo(false)
+			tokenMustBe = new(false)
 		case m == tokenOtherDesk && binding(region, desktop) != binding(region, desktop+"0"):
-			tokenMustBe = ptrTo(true)
+			tokenMustBe = new(true)
 		}
 
 		code := connect.CodeOf(err)
@@ -209,8 +209,6 @@ func FuzzValidateRequest(f *testing.F) {
 		}
 	})
 }
-
-func ptrTo[T any](v T) *T { return &v }
 
 // plausibleRegion is the documented region-id shape, written out by hand:
 // 2 to 12 lower-case letters, then 1 to 4 parts of a dash and 1 to 24

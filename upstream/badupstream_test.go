@@ -12,11 +12,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/upstreamtest"
 )
 
 // Bad upstream data, end to end: a real HTTP server answers what a broken
@@ -25,94 +25,17 @@ import (
 // *EmptyPagesError) or tolerate it where tolerating loses nothing. The
 // rules and their reasons are in decode.go and pages.go.
 
-// badUpstream answers each request with the body scripted for the
-// request's NextToken (V3 sends the parameters in the query string). A
-// token without a script is a test failure, answered with an upstream
-// error so the client stops.
-type badUpstream struct {
-	t       *testing.T
-	bodies  map[string]string
-	mu      sync.Mutex
-	tokens  []string
-	maxSeen []string // the MaxResults parameters
-}
-
-func (b *badUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	token := q.Get("NextToken")
-	b.mu.Lock()
-	b.tokens = append(b.tokens, token)
-	b.maxSeen = append(b.maxSeen, q.Get("MaxResults"))
-	b.mu.Unlock()
-	body, ok := b.bodies[token]
-	if !ok {
-		b.t.Errorf("the client asked for token %q, which the script does not have", token)
-		w.WriteHeader(http.StatusBadRequest)
-		_, _ = io.WriteString(w, `{"RequestId":"X","Code":"InvalidParameter.NextToken","Message":"unscripted"}`)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json;charset=utf-8")
-	_, _ = io.WriteString(w, body)
-}
-
-func (b *badUpstream) maxResults() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return slices.Clone(b.maxSeen)
-}
-
-func (b *badUpstream) requested() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return slices.Clone(b.tokens)
-}
-
 const badRegion = "cn-hangzhou"
 
-// badClient is the real client against srv, without retries.
-func badClient(srv *httptest.Server) *upstream.Client {
+// badClient is the real client against the upstream at url, without
+// retries: a bad answer is not retried anyway, and a retried one would
+// muddle the request counts.
+func badClient(url string) *upstream.Client {
 	return upstream.NewClient(
 		upstream.StaticCredentials{AccessKeyID: "LTAIbadupstream", AccessKeySecret: "bad-upstream-secret"},
-		upstream.WithEndpoint(srv.URL),
+		upstream.WithEndpoint(url),
 		upstream.WithRetryPolicy(upstream.RetryPolicy{MaxAttempts: 1}),
 	)
-}
-
-// page builds a page body; records are raw JSON objects.
-func badPage(requestID string, total int, next string, records ...string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `{"RequestId":%q,"TotalCount":%d`, requestID, total)
-	if next != "" {
-		fmt.Fprintf(&b, `,"NextToken":%q`, next)
-	}
-	b.WriteString(`,"ImageModifiedRecords":[` + strings.Join(records, ",") + `]}`)
-	return b.String()
-}
-
-// rec is a valid record with the given image id.
-func badRec(imageID string) string {
-	return `{"Status":1,"UpdateTime":"2022-03-03T02:43:44.851Z","ImageId":"` + imageID + `","ImageName":"a","NewImageId":"m-new","NewImageName":"b"}`
-}
-
-// recWith is a record whose field is replaced by raw JSON (or removed when
-// raw is "").
-func badRecWith(field, raw string) string {
-	fields := []struct{ k, v string }{
-		{"Status", `1`}, {"UpdateTime", `"2022-03-03T02:43:44.851Z"`}, {"ImageId", `"m-1"`},
-		{"ImageName", `"a"`}, {"NewImageId", `"m-2"`}, {"NewImageName", `"b"`}, {"Reason", `""`},
-	}
-	var parts []string
-	for _, f := range fields {
-		v := f.v
-		if f.k == field {
-			if raw == "" {
-				continue
-			}
-			v = raw
-		}
-		parts = append(parts, strconv.Quote(f.k)+":"+v)
-	}
-	return "{" + strings.Join(parts, ",") + "}"
 }
 
 // one is a one-page script.
@@ -145,12 +68,12 @@ type badCase struct {
 func badEmptyRun(n int, first ...string) map[string]string {
 	s := map[string]string{}
 	prev := ""
-	s[prev] = badPage("R0", 5, "E1", first...)
+	s[prev] = upstreamtest.Page("R0", 5, "E1", first...)
 	for i := 1; i <= n; i++ {
 		next := fmt.Sprintf("E%d", i+1)
-		s[fmt.Sprintf("E%d", i)] = badPage(fmt.Sprintf("R%d", i), 5, next)
+		s[fmt.Sprintf("E%d", i)] = upstreamtest.Page(fmt.Sprintf("R%d", i), 5, next)
 	}
-	s[fmt.Sprintf("E%d", n+1)] = badPage("RL", 5, "", badRec("m-last"))
+	s[fmt.Sprintf("E%d", n+1)] = upstreamtest.Page("RL", 5, "", upstreamtest.Record("m-last"))
 	return s
 }
 
@@ -168,7 +91,7 @@ func badWantStatus(statuses ...int) func(*testing.T, []*upstream.Page) {
 }
 
 func badCases() []badCase {
-	valid := badPage("R1", 1, "", badRec("m-1"))
+	valid := upstreamtest.Page("R1", 1, "", upstreamtest.Record("m-1"))
 	hugeToken := strings.Repeat("t", upstream.MaxNextTokenLength+1)
 	return []badCase{
 		// ---- the whole body
@@ -208,53 +131,53 @@ func badCases() []badCase {
 		{name: "NextToken a number", script: onePage(`{"RequestId":"R","NextToken":5,"ImageModifiedRecords":[]}`), want: malformed},
 		{name: "NextToken an object", script: onePage(`{"RequestId":"R","NextToken":{},"ImageModifiedRecords":[]}`), want: malformed},
 		{name: "NextToken null: the last page", script: onePage(`{"RequestId":"R","NextToken":null,"ImageModifiedRecords":[]}`), want: tolerated, yielded: 1},
-		{name: "NextToken too long", script: onePage(badPage("R", 1, hugeToken, badRec("m-1"))), want: malformed},
+		{name: "NextToken too long", script: onePage(upstreamtest.Page("R", 1, hugeToken, upstreamtest.Record("m-1"))), want: malformed},
 		// ---- ImageModifiedRecords
 		{name: "records an object", script: onePage(`{"RequestId":"R","ImageModifiedRecords":{}}`), want: malformed},
 		{name: "records a string", script: onePage(`{"RequestId":"R","ImageModifiedRecords":"[]"}`), want: malformed},
 		{name: "records are numbers", script: onePage(`{"RequestId":"R","ImageModifiedRecords":[1,2]}`), want: malformed},
 		{name: "records are strings", script: onePage(`{"RequestId":"R","ImageModifiedRecords":["x"]}`), want: malformed},
-		{name: "a record is null", script: onePage(`{"RequestId":"R","ImageModifiedRecords":[` + badRec("m-1") + `,null]}`), want: malformed},
+		{name: "a record is null", script: onePage(`{"RequestId":"R","ImageModifiedRecords":[` + upstreamtest.Record("m-1") + `,null]}`), want: malformed},
 		{name: "records null: none", script: onePage(`{"RequestId":"R","ImageModifiedRecords":null}`), want: tolerated, yielded: 1},
 		{name: "records absent: none", script: onePage(`{"RequestId":"R","TotalCount":0}`), want: tolerated, yielded: 1},
 		// ---- Status
-		{name: "Status a string", script: onePage(badPage("R", 1, "", badRecWith("Status", `"1"`))), want: malformed},
-		{name: "Status a boolean", script: onePage(badPage("R", 1, "", badRecWith("Status", `true`))), want: malformed},
-		{name: "Status a fraction", script: onePage(badPage("R", 1, "", badRecWith("Status", `1.5`))), want: malformed},
-		{name: "Status 1e12 in exponent form", script: onePage(badPage("R", 1, "", badRecWith("Status", `1e12`))), want: malformed},
-		{name: "Status 10^12", script: onePage(badPage("R", 1, "", badRecWith("Status", `1000000000000`))), want: malformed},
-		{name: "Status past int32", script: onePage(badPage("R", 1, "", badRecWith("Status", `2147483648`))), want: malformed},
-		{name: "Status below int32", script: onePage(badPage("R", 1, "", badRecWith("Status", `-2147483649`))), want: malformed},
-		{name: "Status null", script: onePage(badPage("R", 1, "", badRecWith("Status", `null`))), want: malformed},
-		{name: "Status absent", script: onePage(badPage("R", 1, "", badRecWith("Status", ``))), want: malformed},
+		{name: "Status a string", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("Status", `"1"`))), want: malformed},
+		{name: "Status a boolean", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("Status", `true`))), want: malformed},
+		{name: "Status a fraction", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("Status", `1.5`))), want: malformed},
+		{name: "Status 1e12 in exponent form", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("Status", `1e12`))), want: malformed},
+		{name: "Status 10^12", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("Status", `1000000000000`))), want: malformed},
+		{name: "Status past int32", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("Status", `2147483648`))), want: malformed},
+		{name: "Status below int32", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("Status", `-2147483649`))), want: malformed},
+		{name: "Status null", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("Status", `null`))), want: malformed},
+		{name: "Status absent", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("Status", ``))), want: malformed},
 		{name: "Status outside 0..2 is kept", want: tolerated, yielded: 1,
-			script: onePage(badPage("R", 6, "", badRecWith("Status", `7`), badRecWith("Status", `-5`), badRecWith("Status", `3`),
-				badRecWith("Status", `2147483647`), badRecWith("Status", `-2147483648`), badRecWith("Status", `0`))),
+			script: onePage(upstreamtest.Page("R", 6, "", upstreamtest.RecordWith("Status", `7`), upstreamtest.RecordWith("Status", `-5`), upstreamtest.RecordWith("Status", `3`),
+				upstreamtest.RecordWith("Status", `2147483647`), upstreamtest.RecordWith("Status", `-2147483648`), upstreamtest.RecordWith("Status", `0`))),
 			check: badWantStatus(7, -5, 3, math.MaxInt32, math.MinInt32, 0)},
 		// ---- UpdateTime
-		{name: "UpdateTime yesterday", script: onePage(badPage("R", 1, "", badRecWith("UpdateTime", `"yesterday"`))), want: malformed},
-		{name: "UpdateTime a number", script: onePage(badPage("R", 1, "", badRecWith("UpdateTime", `1646275424851`))), want: malformed},
-		{name: "UpdateTime without zone", script: onePage(badPage("R", 1, "", badRecWith("UpdateTime", `"2022-03-03T02:43:44"`))), want: malformed},
-		{name: "UpdateTime the zero instant", script: onePage(badPage("R", 1, "", badRecWith("UpdateTime", `"0001-01-01T00:00:00Z"`))), want: malformed},
-		{name: "UpdateTime before year 1 in UTC", script: onePage(badPage("R", 1, "", badRecWith("UpdateTime", `"0001-01-01T00:30:00+01:00"`))), want: malformed},
-		{name: "UpdateTime after year 9999 in UTC", script: onePage(badPage("R", 1, "", badRecWith("UpdateTime", `"9999-12-31T23:30:00-01:00"`))), want: malformed},
+		{name: "UpdateTime yesterday", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("UpdateTime", `"yesterday"`))), want: malformed},
+		{name: "UpdateTime a number", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("UpdateTime", `1646275424851`))), want: malformed},
+		{name: "UpdateTime without zone", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("UpdateTime", `"2022-03-03T02:43:44"`))), want: malformed},
+		{name: "UpdateTime the zero instant", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("UpdateTime", `"0001-01-01T00:00:00Z"`))), want: malformed},
+		{name: "UpdateTime before year 1 in UTC", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("UpdateTime", `"0001-01-01T00:30:00+01:00"`))), want: malformed},
+		{name: "UpdateTime after year 9999 in UTC", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("UpdateTime", `"9999-12-31T23:30:00-01:00"`))), want: malformed},
 		{name: "UpdateTime empty: kept without a time", want: tolerated, yielded: 1,
-			script: onePage(badPage("R", 2, "", badRecWith("UpdateTime", `""`), badRecWith("UpdateTime", `null`))),
+			script: onePage(upstreamtest.Page("R", 2, "", upstreamtest.RecordWith("UpdateTime", `""`), upstreamtest.RecordWith("UpdateTime", `null`))),
 			check: func(t *testing.T, p []*upstream.Page) {
 				if len(p[0].Records) != 2 || !p[0].Records[0].UpdateTime.IsZero() || !p[0].Records[1].UpdateTime.IsZero() {
 					t.Errorf("records %+v, want both kept without a time", p[0].Records)
 				}
 			}},
 		{name: "UpdateTime with an offset", want: tolerated, yielded: 1,
-			script: onePage(badPage("R", 1, "", badRecWith("UpdateTime", `"2022-03-03T10:43:44.851+08:00"`))),
+			script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("UpdateTime", `"2022-03-03T10:43:44.851+08:00"`))),
 			check: func(t *testing.T, p []*upstream.Page) {
 				if want := time.Date(2022, 3, 3, 2, 43, 44, 851e6, time.UTC); !p[0].Records[0].UpdateTime.Equal(want) {
 					t.Errorf("UpdateTime %v, want %v", p[0].Records[0].UpdateTime, want)
 				}
 			}},
 		// ---- string fields
-		{name: "ImageName a number", script: onePage(badPage("R", 1, "", badRecWith("ImageName", `5`))), want: malformed},
-		{name: "Reason an array", script: onePage(badPage("R", 1, "", badRecWith("Reason", `["x"]`))), want: malformed},
+		{name: "ImageName a number", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("ImageName", `5`))), want: malformed},
+		{name: "Reason an array", script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("Reason", `["x"]`))), want: malformed},
 		{name: "string fields null are empty", want: tolerated, yielded: 1,
 			script: onePage(`{"RequestId":"R","ImageModifiedRecords":[{"Status":2,"ImageId":null,"ImageName":null,"NewImageId":null,"NewImageName":null,"Reason":null}]}`),
 			check: func(t *testing.T, p []*upstream.Page) {
@@ -263,7 +186,7 @@ func badCases() []badCase {
 				}
 			}},
 		{name: "invalid UTF-8 becomes U+FFFD", want: tolerated, yielded: 1,
-			script: onePage(badPage("R", 1, "", badRecWith("ImageName", "\"a\xffb\\ud800c\""))),
+			script: onePage(upstreamtest.Page("R", 1, "", upstreamtest.RecordWith("ImageName", "\"a\xffb\\ud800c\""))),
 			check: func(t *testing.T, p []*upstream.Page) {
 				if got := p[0].Records[0].ImageName; got != "a\uFFFDb\uFFFDc" {
 					t.Errorf("ImageName %q, want the bad bytes as U+FFFD", got)
@@ -271,12 +194,12 @@ func badCases() []badCase {
 			}},
 		// ---- across pages
 		{name: "second page truncated", want: malformed, yielded: 1,
-			script: map[string]string{"": badPage("R1", 2, "A", badRec("m-1")), "A": badPage("R2", 2, "", badRec("m-2"))[:30]}},
+			script: map[string]string{"": upstreamtest.Page("R1", 2, "A", upstreamtest.Record("m-1")), "A": upstreamtest.Page("R2", 2, "", upstreamtest.Record("m-2"))[:30]}},
 		{name: "TotalCount changes between pages", want: tolerated, yielded: 3,
 			script: map[string]string{
-				"":  badPage("R1", 2, "A", badRec("m-1")),
-				"A": badPage("R2", 4, "B", badRec("m-2")),
-				"B": badPage("R3", 3, "", badRec("m-3")),
+				"":  upstreamtest.Page("R1", 2, "A", upstreamtest.Record("m-1")),
+				"A": upstreamtest.Page("R2", 4, "B", upstreamtest.Record("m-2")),
+				"B": upstreamtest.Page("R3", 3, "", upstreamtest.Record("m-3")),
 			},
 			check: func(t *testing.T, p []*upstream.Page) {
 				if p[0].TotalCount != 2 || p[1].TotalCount != 4 || p[2].TotalCount != 3 {
@@ -284,32 +207,32 @@ func badCases() []badCase {
 				}
 			}},
 		{name: "negative TotalCount on a later page", want: malformed, yielded: 1,
-			script: map[string]string{"": badPage("R1", 2, "A", badRec("m-1")), "A": badPage("R2", -2, "", badRec("m-2"))}},
+			script: map[string]string{"": upstreamtest.Page("R1", 2, "A", upstreamtest.Record("m-1")), "A": upstreamtest.Page("R2", -2, "", upstreamtest.Record("m-2"))}},
 		{name: "token does not advance", want: repeated, yielded: 1,
-			script: map[string]string{"": badPage("R1", 2, "A", badRec("m-1")), "A": badPage("R2", 2, "A", badRec("m-2"))}},
+			script: map[string]string{"": upstreamtest.Page("R1", 2, "A", upstreamtest.Record("m-1")), "A": upstreamtest.Page("R2", 2, "A", upstreamtest.Record("m-2"))}},
 		{name: "token cycle A→B→A", want: repeated, yielded: 2,
 			script: map[string]string{
-				"":  badPage("R1", 3, "A", badRec("m-1")),
-				"A": badPage("R2", 3, "B", badRec("m-2")),
-				"B": badPage("R3", 3, "A", badRec("m-3")),
+				"":  upstreamtest.Page("R1", 3, "A", upstreamtest.Record("m-1")),
+				"A": upstreamtest.Page("R2", 3, "B", upstreamtest.Record("m-2")),
+				"B": upstreamtest.Page("R3", 3, "A", upstreamtest.Record("m-3")),
 			}},
 		{name: "duplicate records across pages are passed on", want: tolerated, yielded: 2,
-			script: map[string]string{"": badPage("R1", 2, "A", badRec("m-1")), "A": badPage("R2", 2, "", badRec("m-1"))},
+			script: map[string]string{"": upstreamtest.Page("R1", 2, "A", upstreamtest.Record("m-1")), "A": upstreamtest.Page("R2", 2, "", upstreamtest.Record("m-1"))},
 			check: func(t *testing.T, p []*upstream.Page) {
 				if p[0].Records[0] != p[1].Records[0] {
 					t.Errorf("records %+v and %+v, want the duplicate as sent", p[0].Records[0], p[1].Records[0])
 				}
 			}},
 		{name: "empty last page", want: tolerated, yielded: 2,
-			script: map[string]string{"": badPage("R1", 1, "A", badRec("m-1")), "A": badPage("R2", 1, "")}},
+			script: map[string]string{"": upstreamtest.Page("R1", 1, "A", upstreamtest.Record("m-1")), "A": upstreamtest.Page("R2", 1, "")}},
 		{name: fmt.Sprintf("%d empty pages in a row are followed", upstream.MaxEmptyPages), want: tolerated,
-			script: badEmptyRun(upstream.MaxEmptyPages, badRec("m-0")), yielded: upstream.MaxEmptyPages + 2},
+			script: badEmptyRun(upstream.MaxEmptyPages, upstreamtest.Record("m-0")), yielded: upstream.MaxEmptyPages + 2},
 		{name: fmt.Sprintf("%d empty pages in a row from the start are followed", upstream.MaxEmptyPages), want: tolerated,
 			script: badEmptyRun(upstream.MaxEmptyPages - 1), yielded: upstream.MaxEmptyPages + 1},
 		{name: fmt.Sprintf("%d empty pages in a row from the start", upstream.MaxEmptyPages+1), want: emptyPages,
 			script: badEmptyRun(upstream.MaxEmptyPages), yielded: upstream.MaxEmptyPages},
 		{name: fmt.Sprintf("%d empty pages in a row after a full one", upstream.MaxEmptyPages+1), want: emptyPages,
-			script: badEmptyRun(upstream.MaxEmptyPages+1, badRec("m-0")), yielded: 1 + upstream.MaxEmptyPages},
+			script: badEmptyRun(upstream.MaxEmptyPages+1, upstreamtest.Record("m-0")), yielded: 1 + upstream.MaxEmptyPages},
 		{name: "a page with records resets the empty run", want: tolerated, yielded: 2*upstream.MaxEmptyPages + 3,
 			script: func() map[string]string {
 				s := map[string]string{}
@@ -323,9 +246,9 @@ func badCases() []badCase {
 				for i := 1; i <= 2*upstream.MaxEmptyPages+3; i++ {
 					var recs []string
 					if i == 1 || i == upstream.MaxEmptyPages+2 || i == 2*upstream.MaxEmptyPages+3 {
-						recs = []string{badRec("m-" + strconv.Itoa(i))}
+						recs = []string{upstreamtest.Record("m-" + strconv.Itoa(i))}
 					}
-					s[prev] = badPage("R"+strconv.Itoa(i), 3, tok(i), recs...)
+					s[prev] = upstreamtest.Page("R"+strconv.Itoa(i), 3, tok(i), recs...)
 					prev = tok(i)
 				}
 				return s
@@ -338,12 +261,10 @@ func TestBadUpstreamData(t *testing.T) {
 	for _, tc := range badCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			up := &badUpstream{t: t, bodies: tc.script}
-			srv := httptest.NewServer(up)
-			defer srv.Close()
+			up := upstreamtest.ByToken(t, tc.script)
 			var pages []*upstream.Page
 			var errs []error
-			for p, err := range upstream.Pages(t.Context(), badClient(srv), upstream.DescribeInput{RegionID: badRegion, DesktopID: "ecd-bad"}) {
+			for p, err := range upstream.Pages(t.Context(), badClient(up.URL), upstream.DescribeInput{RegionID: badRegion, DesktopID: "ecd-bad"}) {
 				if err != nil {
 					errs = append(errs, err)
 					continue
@@ -402,10 +323,10 @@ func TestBadUpstreamData(t *testing.T) {
 			if tc.want == tolerated {
 				wantTokens = wantTokens[:len(pages)]
 			}
-			if got := up.requested(); !slices.Equal(got, wantTokens) {
+			if got := up.Tokens(); !slices.Equal(got, wantTokens) {
 				t.Errorf("requested tokens %q, want %q", got, wantTokens)
 			}
-			if got := up.maxResults(); slices.ContainsFunc(got, func(m string) bool { return m != "100" }) {
+			if got := up.Requests(); slices.ContainsFunc(got, func(r upstreamtest.Request) bool { return r.MaxResults != "100" }) {
 				t.Errorf("MaxResults sent %q, want 100 on every call", got)
 			}
 			for i, p := range pages {
@@ -425,7 +346,7 @@ func TestBadUpstreamData(t *testing.T) {
 // page.
 func TestBadUpstreamTruncatedAnywhere(t *testing.T) {
 	t.Parallel()
-	full := badPage("R-cut", 2, "NEXT", badRec("m-1"), badRecWith("UpdateTime", `"2022-03-03T10:43:44.851+08:00"`))
+	full := upstreamtest.Page("R-cut", 2, "NEXT", upstreamtest.Record("m-1"), upstreamtest.RecordWith("UpdateTime", `"2022-03-03T10:43:44.851+08:00"`))
 	bodies := map[string]string{}
 	for cut := range len(full) {
 		bodies[strconv.Itoa(cut)] = full[:cut]
@@ -437,7 +358,7 @@ func TestBadUpstreamTruncatedAnywhere(t *testing.T) {
 		_, _ = io.WriteString(w, body)
 	}))
 	defer srv.Close()
-	c := badClient(srv)
+	c := badClient(srv.URL)
 	for cut := range len(full) {
 		p, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: badRegion, DesktopID: "ecd-cut" + strconv.Itoa(cut)})
 		if !errors.Is(err, upstream.ErrMalformedResponse) {
@@ -459,7 +380,7 @@ func TestBadUpstreamSlowDrip(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
-		body := badPage("R-slow", 1, "", badRec("m-1"))
+		body := upstreamtest.Page("R-slow", 1, "", upstreamtest.Record("m-1"))
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for i := 0; ; i = (i + 1) % len(body) {

@@ -21,13 +21,12 @@ import (
 
 	"github.com/imagerecords/imagerecords/upstream"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
+	"github.com/imagerecords/imagerecords/upstream/upstreamtest"
 )
 
 // ---- shared helpers --------------------------------------------------------
 
 const testRegion = "cn-hangzhou"
-
-func ptr[T any](v T) *T { return &v }
 
 // fastRetry is a policy whose backoff is negligible.
 func fastRetry(attempts int) upstream.RetryPolicy {
@@ -57,18 +56,18 @@ func libraryCreds(t *testing.T, cfg *credentials.Config) upstream.CredentialsLib
 
 func stsLibrary(t *testing.T, k ecdsim.Key) upstream.CredentialsProvider {
 	return libraryCreds(t, &credentials.Config{
-		Type:            ptr("sts"),
-		AccessKeyId:     ptr(k.AccessKeyID),
-		AccessKeySecret: ptr(k.AccessKeySecret),
-		SecurityToken:   ptr(k.SecurityToken),
+		Type:            new("sts"),
+		AccessKeyId:     new(k.AccessKeyID),
+		AccessKeySecret: new(k.AccessKeySecret),
+		SecurityToken:   new(k.SecurityToken),
 	})
 }
 
 func accessKeyLibrary(t *testing.T, k ecdsim.Key) upstream.CredentialsProvider {
 	return libraryCreds(t, &credentials.Config{
-		Type:            ptr("access_key"),
-		AccessKeyId:     ptr(k.AccessKeyID),
-		AccessKeySecret: ptr(k.AccessKeySecret),
+		Type:            new("access_key"),
+		AccessKeyId:     new(k.AccessKeyID),
+		AccessKeySecret: new(k.AccessKeySecret),
 	})
 }
 
@@ -397,7 +396,7 @@ func TestDefaultEndpointIsUsedForRequests(t *testing.T) {
 		return &http.Response{
 			StatusCode: http.StatusOK,
 			Header:     http.Header{"Content-Type": {"application/json"}},
-			Body:       io.NopCloser(strings.NewReader(okBody)),
+			Body:       io.NopCloser(strings.NewReader(upstreamtest.OKBody)),
 			Request:    r,
 		}, nil
 	})
@@ -471,10 +470,10 @@ func TestInvalidInputFailsBeforeAnyRequest(t *testing.T) {
 // allows trailing whitespace).
 func pageWithPadding(t *testing.T, size int) string {
 	t.Helper()
-	if len(okBody) > size {
-		t.Fatalf("okBody is %d bytes, more than %d", len(okBody), size)
+	if len(upstreamtest.OKBody) > size {
+		t.Fatalf("upstreamtest.OKBody is %d bytes, more than %d", len(upstreamtest.OKBody), size)
 	}
-	return okBody + strings.Repeat(" ", size-len(okBody))
+	return upstreamtest.OKBody + strings.Repeat(" ", size-len(upstreamtest.OKBody))
 }
 
 func TestMalformedResponses(t *testing.T) {
@@ -493,15 +492,15 @@ func TestMalformedResponses(t *testing.T) {
 		{"UpdateTime yesterday", record("1", `"yesterday"`), 0},
 		{"Status as a string", record(`"1"`, `"2022-03-03T02:43:44.851Z"`), 0},
 		{"records not an array", `{"RequestId":"R","TotalCount":1,"ImageModifiedRecords":{}}`, 0},
-		{"body larger than the limit", okBody + strings.Repeat(" ", 2048), 1024},
+		{"body larger than the limit", upstreamtest.OKBody + strings.Repeat(" ", 2048), 1024},
 		{"body one byte over the limit", "", 1024}, // filled in below
 	}
 	testCases[len(testCases)-1].body = pageWithPadding(t, 1025)
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			sc, srv := newScripted(t, step{status: http.StatusOK, body: tc.body})
-			opts := []upstream.Option{upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(3))}
+			sc := upstreamtest.InOrder(t, upstreamtest.Answer{Status: http.StatusOK, Body: tc.body})
+			opts := []upstream.Option{upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(3))}
 			if tc.maxBytes > 0 {
 				opts = append(opts, upstream.WithMaxResponseBytes(tc.maxBytes))
 			}
@@ -510,7 +509,7 @@ func TestMalformedResponses(t *testing.T) {
 			if !errors.Is(err, upstream.ErrMalformedResponse) {
 				t.Fatalf("got page %+v, error %v; want ErrMalformedResponse", page, err)
 			}
-			if n := sc.attempts(); n != 1 {
+			if n := len(sc.Requests()); n != 1 {
 				t.Errorf("%d attempts, want 1 (a malformed answer is not retried)", n)
 			}
 		})
@@ -519,14 +518,14 @@ func TestMalformedResponses(t *testing.T) {
 
 func TestResponseAtTheSizeLimitIsAccepted(t *testing.T) {
 	t.Parallel()
-	_, srv := newScripted(t, step{status: http.StatusOK, body: pageWithPadding(t, 1024)})
-	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithMaxResponseBytes(1024))
+	sc := upstreamtest.InOrder(t, upstreamtest.Answer{Status: http.StatusOK, Body: pageWithPadding(t, 1024)})
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL), upstream.WithMaxResponseBytes(1024))
 	page, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-x"})
 	if err != nil {
 		t.Fatalf("a body of exactly the limit: %v", err)
 	}
 	if len(page.Records) != 1 || page.RequestID != "R-OK" {
-		t.Errorf("page = %+v, want the one record of okBody", page)
+		t.Errorf("page = %+v, want the one record of upstreamtest.OKBody", page)
 	}
 }
 
@@ -688,15 +687,15 @@ func TestStaticCredentialsFormattingIsRedacted(t *testing.T) {
 
 func TestContextAlreadyCancelled(t *testing.T) {
 	t.Parallel()
-	sc, srv := newScripted(t, step{status: http.StatusOK, body: okBody})
-	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(4)))
+	sc := upstreamtest.InOrder(t, upstreamtest.Answer{Status: http.StatusOK, Body: upstreamtest.OKBody})
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(4)))
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	_, err := c.DescribeImageModifiedRecords(ctx, upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-x"})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("error %v, want context.Canceled", err)
 	}
-	if n := sc.attempts(); n != 0 {
+	if n := len(sc.Requests()); n != 0 {
 		t.Errorf("%d requests reached the server, want 0", n)
 	}
 }

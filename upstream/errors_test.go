@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/upstreamtest"
 )
 
 func TestAPIErrorFromResponse(t *testing.T) {
@@ -14,7 +15,7 @@ func TestAPIErrorFromResponse(t *testing.T) {
 	longBody := strings.Repeat("x", 5000)
 	testCases := []struct {
 		name string
-		step step
+		step upstreamtest.Answer
 		want upstream.APIError
 		kind upstream.Kind
 		// wantMessagePrefix checks Message by prefix instead of equality.
@@ -22,7 +23,7 @@ func TestAPIErrorFromResponse(t *testing.T) {
 	}{
 		{
 			name: "JSON error body",
-			step: step{status: http.StatusForbidden, body: `{"RequestId":"7F8E-1","HostId":"ecd.cn-hangzhou.aliyuncs.com","Code":"Forbidden.RAM","Message":"User not authorized to operate on the specified resource.","Recommend":"https://api.aliyun.com/troubleshoot?q=Forbidden.RAM&product=ecd"}`},
+			step: upstreamtest.Answer{Status: http.StatusForbidden, Body: `{"RequestId":"7F8E-1","HostId":"ecd.cn-hangzhou.aliyuncs.com","Code":"Forbidden.RAM","Message":"User not authorized to operate on the specified resource.","Recommend":"https://api.aliyun.com/troubleshoot?q=Forbidden.RAM&product=ecd"}`},
 			want: upstream.APIError{
 				HTTPStatus: http.StatusForbidden, Code: "Forbidden.RAM",
 				Message:   "User not authorized to operate on the specified resource.",
@@ -33,32 +34,32 @@ func TestAPIErrorFromResponse(t *testing.T) {
 		},
 		{
 			name: "non-JSON 502",
-			step: step{status: http.StatusBadGateway, body: "Bad Gateway\n", header: http.Header{"Content-Type": {"text/plain"}}},
+			step: upstreamtest.Answer{Status: http.StatusBadGateway, Body: "Bad Gateway\n", Header: http.Header{"Content-Type": {"text/plain"}}},
 			want: upstream.APIError{HTTPStatus: http.StatusBadGateway, Message: "Bad Gateway"},
 			kind: upstream.KindUnavailable,
 		},
 		{
 			name: "non-JSON 503 html",
-			step: step{status: http.StatusServiceUnavailable, body: "<html>down for maintenance</html>", header: http.Header{"Content-Type": {"text/html"}}},
+			step: upstreamtest.Answer{Status: http.StatusServiceUnavailable, Body: "<html>down for maintenance</html>", Header: http.Header{"Content-Type": {"text/html"}}},
 			want: upstream.APIError{HTTPStatus: http.StatusServiceUnavailable, Message: "<html>down for maintenance</html>"},
 			kind: upstream.KindUnavailable,
 		},
 		{
 			name: "non-JSON 404",
-			step: step{status: http.StatusNotFound, body: "404 page not found", header: http.Header{"Content-Type": {"text/plain"}}},
+			step: upstreamtest.Answer{Status: http.StatusNotFound, Body: "404 page not found", Header: http.Header{"Content-Type": {"text/plain"}}},
 			want: upstream.APIError{HTTPStatus: http.StatusNotFound, Message: "404 page not found"},
 			kind: upstream.KindUnknown,
 		},
 		{
 			name:              "long non-JSON body is truncated",
-			step:              step{status: http.StatusInternalServerError, body: longBody, header: http.Header{"Content-Type": {"text/plain"}}},
+			step:              upstreamtest.Answer{Status: http.StatusInternalServerError, Body: longBody, Header: http.Header{"Content-Type": {"text/plain"}}},
 			want:              upstream.APIError{HTTPStatus: http.StatusInternalServerError, Message: strings.Repeat("x", 200)},
 			kind:              upstream.KindUnavailable,
 			wantMessagePrefix: true,
 		},
 		{
 			name: "throttling with x-ratelimit-user-api",
-			step: step{status: http.StatusBadRequest, body: errBody("Throttling.User"), header: http.Header{"X-Ratelimit-User-Api": {"10;w=1"}}},
+			step: upstreamtest.Answer{Status: http.StatusBadRequest, Body: upstreamtest.ErrorBody("Throttling.User"), Header: http.Header{"X-Ratelimit-User-Api": {"10;w=1"}}},
 			want: upstream.APIError{
 				HTTPStatus: http.StatusBadRequest, Code: "Throttling.User", Message: "scripted Throttling.User",
 				RequestID: "REQ-Throttling.User", HostID: "ecd.cn-hangzhou.aliyuncs.com",
@@ -68,7 +69,7 @@ func TestAPIErrorFromResponse(t *testing.T) {
 		},
 		{
 			name: "throttling with x-ratelimit-user",
-			step: step{status: http.StatusBadRequest, body: errBody("Throttling.User"), header: http.Header{"X-Ratelimit-User": {"100;w=60"}}},
+			step: upstreamtest.Answer{Status: http.StatusBadRequest, Body: upstreamtest.ErrorBody("Throttling.User"), Header: http.Header{"X-Ratelimit-User": {"100;w=60"}}},
 			want: upstream.APIError{
 				HTTPStatus: http.StatusBadRequest, Code: "Throttling.User", Message: "scripted Throttling.User",
 				RequestID: "REQ-Throttling.User", HostID: "ecd.cn-hangzhou.aliyuncs.com",
@@ -80,8 +81,8 @@ func TestAPIErrorFromResponse(t *testing.T) {
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			_, srv := newScripted(t, tc.step)
-			c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(1)))
+			sc := upstreamtest.InOrder(t, tc.step)
+			c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(1)))
 			_, err := describe(t, c)
 			apiErr, ok := errors.AsType[*upstream.APIError](err)
 			if !ok {

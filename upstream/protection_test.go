@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/upstreamtest"
 )
 
 func TestRateLimitCapsUpstreamQPS(t *testing.T) {
@@ -24,7 +25,7 @@ func TestRateLimitCapsUpstreamQPS(t *testing.T) {
 		mu.Lock()
 		arrivals = append(arrivals, time.Now())
 		mu.Unlock()
-		_, _ = io.WriteString(w, okBody)
+		_, _ = io.WriteString(w, upstreamtest.OKBody)
 	}))
 	t.Cleanup(srv.Close)
 	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRateLimit(qps, burst))
@@ -57,8 +58,8 @@ func TestRateLimitCapsUpstreamQPS(t *testing.T) {
 
 func TestRetryBudgetBoundsRetriesUnderPersistentFailure(t *testing.T) {
 	t.Parallel()
-	sc, srv := newScripted(t, step{status: http.StatusServiceUnavailable, body: errBody("ServiceUnavailable")})
-	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(4)),
+	sc := upstreamtest.InOrder(t, upstreamtest.Answer{Status: http.StatusServiceUnavailable, Body: upstreamtest.ErrorBody("ServiceUnavailable")})
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(4)),
 		upstream.WithRetryBudget(upstream.NewRetryBudget(0.1, 20)))
 	const calls = 1000
 	for range calls {
@@ -66,7 +67,7 @@ func TestRetryBudgetBoundsRetriesUnderPersistentFailure(t *testing.T) {
 			t.Fatal("a call succeeded against an upstream that always fails")
 		}
 	}
-	retries := sc.attempts() - calls
+	retries := len(sc.Requests()) - calls
 	// 10% of the calls, plus the initial reserve of 20.
 	if retries > calls/10+20 || retries < calls/10 {
 		t.Errorf("%d retries for %d calls against a failing upstream, want about 10%% (at most %d)", retries, calls, calls/10+20)
@@ -79,10 +80,10 @@ func TestRetryBudgetAllowsRetriesWhileMostCallsSucceed(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if n.Add(1)%2 == 1 { // every other attempt is throttled
 			w.WriteHeader(http.StatusBadRequest)
-			_, _ = io.WriteString(w, errBody("Throttling.User"))
+			_, _ = io.WriteString(w, upstreamtest.ErrorBody("Throttling.User"))
 			return
 		}
-		_, _ = io.WriteString(w, okBody)
+		_, _ = io.WriteString(w, upstreamtest.OKBody)
 	}))
 	t.Cleanup(srv.Close)
 	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(4)))
@@ -98,11 +99,11 @@ func TestAttemptTimeoutRetriesASlowDrip(t *testing.T) {
 	var n atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if n.Add(1) > 1 {
-			_, _ = io.WriteString(w, okBody)
+			_, _ = io.WriteString(w, upstreamtest.OKBody)
 			return
 		}
 		w.WriteHeader(http.StatusOK)
-		for _, b := range []byte(okBody) { // one byte per 50 ms: 8 s for the body
+		for _, b := range []byte(upstreamtest.OKBody) { // one byte per 50 ms: 8 s for the body
 			if _, err := w.Write([]byte{b}); err != nil {
 				return
 			}
@@ -137,30 +138,30 @@ func TestAttemptTimeoutRetriesASlowDrip(t *testing.T) {
 
 func TestThrottlingHintIsHonoured(t *testing.T) {
 	t.Parallel()
-	hinted := func(ms string) step {
-		return step{status: http.StatusBadRequest, body: errBody("Throttling.User"),
-			header: http.Header{"X-Ratelimit-User-Api": {"Limit:10,Remain:0,TimeLeft:" + ms + ",Reset:1700000000"}}}
+	hinted := func(ms string) upstreamtest.Answer {
+		return upstreamtest.Answer{Status: http.StatusBadRequest, Body: upstreamtest.ErrorBody("Throttling.User"),
+			Header: http.Header{"X-Ratelimit-User-Api": {"Limit:10,Remain:0,TimeLeft:" + ms + ",Reset:1700000000"}}}
 	}
 	policy := upstream.RetryPolicy{MaxAttempts: 3, BaseDelay: time.Millisecond, MaxDelay: time.Second}
 
-	sc, srv := newScripted(t, hinted("300"), step{status: http.StatusOK, body: okBody})
-	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(policy))
+	sc := upstreamtest.InOrder(t, hinted("300"), upstreamtest.Answer{Status: http.StatusOK, Body: upstreamtest.OKBody})
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(policy))
 	start := time.Now()
 	if _, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"}); err != nil {
 		t.Fatal(err)
 	}
-	if elapsed := time.Since(start); elapsed < 300*time.Millisecond || sc.attempts() != 2 {
-		t.Errorf("retried after %v in %d attempts, want after the hinted 300 ms", elapsed, sc.attempts())
+	if elapsed := time.Since(start); elapsed < 300*time.Millisecond || len(sc.Requests()) != 2 {
+		t.Errorf("retried after %v in %d attempts, want after the hinted 300 ms", elapsed, len(sc.Requests()))
 	}
 
 	// A hint longer than the policy's MaxDelay is not waited for: the
 	// caller gets the throttling error, with the hint, at once.
-	sc, srv = newScripted(t, hinted("60000"), step{status: http.StatusOK, body: okBody})
-	c = upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(policy))
+	sc = upstreamtest.InOrder(t, hinted("60000"), upstreamtest.Answer{Status: http.StatusOK, Body: upstreamtest.OKBody})
+	c = upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(policy))
 	_, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"})
 	apiErr, ok := errors.AsType[*upstream.APIError](err)
-	if !ok || sc.attempts() != 1 {
-		t.Fatalf("err = %v after %d attempts", err, sc.attempts())
+	if !ok || len(sc.Requests()) != 1 {
+		t.Fatalf("err = %v after %d attempts", err, len(sc.Requests()))
 	}
 	if hint, ok := apiErr.ThrottlingHint(); !ok || hint != time.Minute {
 		t.Errorf("ThrottlingHint() = %v, %v; want 1m", hint, ok)
@@ -169,8 +170,8 @@ func TestThrottlingHintIsHonoured(t *testing.T) {
 
 func TestRateLimitNeverWaitsPastTheDeadline(t *testing.T) {
 	t.Parallel()
-	sc, srv := newScripted(t, step{status: http.StatusOK, body: okBody})
-	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRateLimit(0.1, 1)) // a token every 10 s
+	sc := upstreamtest.InOrder(t, upstreamtest.Answer{Status: http.StatusOK, Body: upstreamtest.OKBody})
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL), upstream.WithRateLimit(0.1, 1)) // a token every 10 s
 	if _, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"}); err != nil {
 		t.Fatal(err) // the burst of one
 	}
@@ -178,8 +179,8 @@ func TestRateLimitNeverWaitsPastTheDeadline(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	_, err := c.DescribeImageModifiedRecords(ctx, upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"})
-	if err == nil || sc.attempts() != 1 {
-		t.Fatalf("err = %v after %d upstream calls; want a rate-limit error and no second call", err, sc.attempts())
+	if err == nil || len(sc.Requests()) != 1 {
+		t.Fatalf("err = %v after %d upstream calls; want a rate-limit error and no second call", err, len(sc.Requests()))
 	}
 	if elapsed := time.Since(start); elapsed >= time.Second {
 		t.Errorf("waited %v, until the deadline, for a token that could not come in time", elapsed)

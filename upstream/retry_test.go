@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,115 +15,8 @@ import (
 	"github.com/aliyun/credentials-go/credentials"
 
 	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/upstreamtest"
 )
-
-// okBody is a valid one-record page.
-const okBody = `{"RequestId":"R-OK","TotalCount":1,"ImageModifiedRecords":[{"Status":1,"UpdateTime":"2022-03-03T02:43:44.851Z","ImageId":"m-1","ImageName":"镜像 1","NewImageId":"m-2","NewImageName":"镜像 2"}]}`
-
-// errBody is an upstream error answer with code.
-func errBody(code string) string {
-	return fmt.Sprintf(`{"RequestId":"REQ-%[1]s","HostId":"ecd.cn-hangzhou.aliyuncs.com","Code":%[1]q,"Message":"scripted %[1]s","Recommend":"https://api.aliyun.com/troubleshoot?q=%[1]s"}`, code)
-}
-
-// step is one scripted answer.
-type step struct {
-	status int
-	body   string
-	header http.Header
-	// drop hijacks the connection and closes it without an answer.
-	drop bool
-	// cutBody announces a 200 with a longer body than it sends, then
-	// closes the connection.
-	cutBody bool
-}
-
-// seenRequest is what the scripted server recorded of one request.
-type seenRequest struct {
-	nonce, date, accessKeyID, signature string
-}
-
-// scripted answers the steps in order, the last one for every further
-// request.
-type scripted struct {
-	steps []step
-	mu    sync.Mutex
-	seen  []seenRequest
-}
-
-func newScripted(t *testing.T, steps ...step) (*scripted, *httptest.Server) {
-	t.Helper()
-	sc := &scripted{steps: steps}
-	srv := httptest.NewServer(sc)
-	t.Cleanup(srv.Close)
-	return sc, srv
-}
-
-func (s *scripted) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	// V1 parameters may come in the query string or a form body.
-	if err := r.ParseForm(); err != nil {
-		http.Error(w, "bad form: "+err.Error(), http.StatusTeapot)
-		return
-	}
-	rec := seenRequest{
-		nonce:       r.Header.Get("x-acs-signature-nonce"),
-		date:        r.Header.Get("x-acs-date"),
-		accessKeyID: r.Form.Get("AccessKeyId"),
-		signature:   r.Form.Get("Signature"),
-	}
-	if rec.nonce == "" { // V1
-		rec.nonce, rec.date = r.Form.Get("SignatureNonce"), r.Form.Get("Timestamp")
-	}
-	if authz := r.Header.Get("Authorization"); authz != "" { // V3
-		for part := range strings.SplitSeq(strings.TrimPrefix(authz, upstream.V3Algorithm+" "), ",") {
-			k, v, _ := strings.Cut(part, "=")
-			switch k {
-			case "Credential":
-				rec.accessKeyID = v
-			case "Signature":
-				rec.signature = v
-			}
-		}
-	}
-	s.mu.Lock()
-	n := len(s.seen)
-	s.seen = append(s.seen, rec)
-	s.mu.Unlock()
-
-	st := s.steps[min(n, len(s.steps)-1)]
-	if st.drop || st.cutBody {
-		conn, buf, err := w.(http.Hijacker).Hijack()
-		if err != nil {
-			http.Error(w, "hijack: "+err.Error(), http.StatusTeapot)
-			return
-		}
-		if st.cutBody {
-			_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n" + okBody[:20])
-			_ = buf.Flush()
-		}
-		_ = conn.Close()
-		return
-	}
-	for k, v := range st.header {
-		w.Header()[k] = v
-	}
-	if w.Header().Get("Content-Type") == "" {
-		w.Header().Set("Content-Type", "application/json;charset=utf-8")
-	}
-	w.WriteHeader(st.status)
-	_, _ = io.WriteString(w, st.body)
-}
-
-func (s *scripted) attempts() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.seen)
-}
-
-func (s *scripted) requests() []seenRequest {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]seenRequest(nil), s.seen...)
-}
 
 // countingCreds counts the calls; with err it fails, with rotate it hands
 // out a different AccessKeyId every call.
@@ -153,22 +44,25 @@ func describe(t *testing.T, c *upstream.Client) (*upstream.Page, error) {
 	return c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-x", MaxResults: 10})
 }
 
-func ok() step                          { return step{status: http.StatusOK, body: okBody} }
-func fail(status int, code string) step { return step{status: status, body: errBody(code)} }
+func ok() upstreamtest.Answer { return upstreamtest.OK(upstreamtest.OKBody) }
 
-func checkDistinctNonces(t *testing.T, reqs []seenRequest) {
+func fail(status int, code string) upstreamtest.Answer {
+	return upstreamtest.Fail(status, code)
+}
+
+func checkDistinctNonces(t *testing.T, reqs []upstreamtest.Request) {
 	t.Helper()
 	seen := map[string]bool{}
 	for i, r := range reqs {
-		if r.nonce == "" {
+		if r.Nonce == "" {
 			t.Errorf("attempt %d carries no nonce", i+1)
 		}
-		if seen[r.nonce] {
-			t.Errorf("attempt %d reuses nonce %q", i+1, r.nonce)
+		if seen[r.Nonce] {
+			t.Errorf("attempt %d reuses nonce %q", i+1, r.Nonce)
 		}
-		seen[r.nonce] = true
-		if _, err := time.Parse("2006-01-02T15:04:05Z", r.date); err != nil {
-			t.Errorf("attempt %d: date %q: %v", i+1, r.date, err)
+		seen[r.Nonce] = true
+		if _, err := time.Parse("2006-01-02T15:04:05Z", r.Date); err != nil {
+			t.Errorf("attempt %d: date %q: %v", i+1, r.Date, err)
 		}
 	}
 }
@@ -177,24 +71,24 @@ func TestRetryThenSuccess(t *testing.T) {
 	t.Parallel()
 	testCases := []struct {
 		name  string
-		first step
+		first upstreamtest.Answer
 	}{
 		{"400 Throttling.User", fail(http.StatusBadRequest, "Throttling.User")},
 		{"400 Throttling", fail(http.StatusBadRequest, "Throttling")},
 		{"503 ServiceUnavailable", fail(http.StatusServiceUnavailable, "ServiceUnavailable")},
 		{"500 InternalError", fail(http.StatusInternalServerError, "InternalError")},
-		{"502 non-JSON body", step{status: http.StatusBadGateway, body: "<html>502 Bad Gateway</html>", header: http.Header{"Content-Type": {"text/html"}}}},
-		{"dropped connection", step{drop: true}},
-		{"connection cut inside the body", step{cutBody: true}},
+		{"502 non-JSON body", upstreamtest.Answer{Status: http.StatusBadGateway, Body: "<html>502 Bad Gateway</html>", Header: http.Header{"Content-Type": {"text/html"}}}},
+		{"dropped connection", upstreamtest.Answer{Drop: true}},
+		{"connection cut inside the body", upstreamtest.Answer{CutBody: true}},
 		{"400 SignatureNonceUsed", fail(http.StatusBadRequest, "SignatureNonceUsed")},
 		{"400 InvalidSecurityToken.Expired", fail(http.StatusBadRequest, "InvalidSecurityToken.Expired")},
 	}
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			sc, srv := newScripted(t, tc.first, ok())
+			sc := upstreamtest.InOrder(t, tc.first, ok())
 			creds := &countingCreds{creds: upstream.Credentials(staticCreds(longKey))}
-			c := upstream.NewClient(creds, upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(4)))
+			c := upstream.NewClient(creds, upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(4)))
 			page, err := describe(t, c)
 			if err != nil {
 				t.Fatalf("want success after a retry, got %v", err)
@@ -202,13 +96,13 @@ func TestRetryThenSuccess(t *testing.T) {
 			if page.RequestID != "R-OK" || len(page.Records) != 1 {
 				t.Errorf("page = %+v, want the scripted page", page)
 			}
-			if n := sc.attempts(); n != 2 {
+			if n := len(sc.Requests()); n != 2 {
 				t.Errorf("%d attempts, want 2", n)
 			}
 			if n := creds.n.Load(); n != 2 {
 				t.Errorf("credentials fetched %d times, want 2 (once per attempt)", n)
 			}
-			checkDistinctNonces(t, sc.requests())
+			checkDistinctNonces(t, sc.Requests())
 		})
 	}
 }
@@ -228,33 +122,33 @@ func TestRetrySignsEveryAttemptAnew(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			throttled := fail(http.StatusBadRequest, "Throttling.User")
-			sc, srv := newScripted(t, throttled, throttled, ok())
+			sc := upstreamtest.InOrder(t, throttled, throttled, ok())
 			creds := &countingCreds{creds: upstream.Credentials(staticCreds(stsKey)), rotate: true}
 			c := upstream.NewClient(creds,
-				upstream.WithEndpoint(srv.URL),
+				upstream.WithEndpoint(sc.URL),
 				upstream.WithSignatureVersion(tc.version),
 				upstream.WithClock(func() time.Time { return clock }),
 				upstream.WithRetryPolicy(fastRetry(4)))
 			if _, err := describe(t, c); err != nil {
 				t.Fatalf("want success on the third attempt, got %v", err)
 			}
-			reqs := sc.requests()
+			reqs := sc.Requests()
 			if len(reqs) != 3 {
 				t.Fatalf("%d attempts, want 3", len(reqs))
 			}
 			checkDistinctNonces(t, reqs)
 			sigs := map[string]bool{}
 			for i, r := range reqs {
-				if r.date != "2024-05-06T07:08:09Z" {
-					t.Errorf("attempt %d: date %q, want the clock in UTC 2024-05-06T07:08:09Z", i+1, r.date)
+				if r.Date != "2024-05-06T07:08:09Z" {
+					t.Errorf("attempt %d: date %q, want the clock in UTC 2024-05-06T07:08:09Z", i+1, r.Date)
 				}
-				if want := fmt.Sprintf("%s-%d", stsKey.AccessKeyID, i+1); r.accessKeyID != want {
-					t.Errorf("attempt %d signed with AccessKeyId %q, want %q (credentials fetched anew per attempt)", i+1, r.accessKeyID, want)
+				if want := fmt.Sprintf("%s-%d", stsKey.AccessKeyID, i+1); r.AccessKeyID != want {
+					t.Errorf("attempt %d signed with AccessKeyId %q, want %q (credentials fetched anew per attempt)", i+1, r.AccessKeyID, want)
 				}
-				if r.signature == "" || sigs[r.signature] {
-					t.Errorf("attempt %d: signature %q is empty or repeated", i+1, r.signature)
+				if r.Signature == "" || sigs[r.Signature] {
+					t.Errorf("attempt %d: signature %q is empty or repeated", i+1, r.Signature)
 				}
-				sigs[r.signature] = true
+				sigs[r.Signature] = true
 			}
 		})
 	}
@@ -279,14 +173,14 @@ func TestNotRetried(t *testing.T) {
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			sc, srv := newScripted(t, fail(tc.status, tc.code), ok())
-			c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(5)))
+			sc := upstreamtest.InOrder(t, fail(tc.status, tc.code), ok())
+			c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(5)))
 			_, err := describe(t, c)
 			apiErr, isAPI := errors.AsType[*upstream.APIError](err)
 			if !isAPI || apiErr.Code != tc.code || apiErr.HTTPStatus != tc.status {
 				t.Fatalf("error %v, want *APIError %s (HTTP %d)", err, tc.code, tc.status)
 			}
-			if n := sc.attempts(); n != 1 {
+			if n := len(sc.Requests()); n != 1 {
 				t.Errorf("%d attempts, want exactly 1", n)
 			}
 		})
@@ -297,49 +191,49 @@ func TestRetriedExactlyOnce(t *testing.T) {
 	t.Parallel()
 	testCases := []struct {
 		name     string
-		steps    []step
+		steps    []upstreamtest.Answer
 		wantCode string
 	}{
-		{"SignatureNonceUsed repeated", []step{fail(http.StatusBadRequest, "SignatureNonceUsed")}, "SignatureNonceUsed"},
-		{"InvalidSecurityToken.Expired repeated", []step{fail(http.StatusBadRequest, "InvalidSecurityToken.Expired")}, "InvalidSecurityToken.Expired"},
-		{"SignatureNonceUsed then InvalidSecurityToken.Expired", []step{
+		{"SignatureNonceUsed repeated", []upstreamtest.Answer{fail(http.StatusBadRequest, "SignatureNonceUsed")}, "SignatureNonceUsed"},
+		{"InvalidSecurityToken.Expired repeated", []upstreamtest.Answer{fail(http.StatusBadRequest, "InvalidSecurityToken.Expired")}, "InvalidSecurityToken.Expired"},
+		{"SignatureNonceUsed then InvalidSecurityToken.Expired", []upstreamtest.Answer{
 			fail(http.StatusBadRequest, "SignatureNonceUsed"), fail(http.StatusBadRequest, "InvalidSecurityToken.Expired"),
 		}, "InvalidSecurityToken.Expired"},
 	}
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			sc, srv := newScripted(t, tc.steps...)
+			sc := upstreamtest.InOrder(t, tc.steps...)
 			creds := &countingCreds{creds: upstream.Credentials(staticCreds(stsKey))}
-			c := upstream.NewClient(creds, upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(5)))
+			c := upstream.NewClient(creds, upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(5)))
 			_, err := describe(t, c)
 			apiErr, isAPI := errors.AsType[*upstream.APIError](err)
 			if !isAPI || apiErr.Code != tc.wantCode {
 				t.Fatalf("error %v, want *APIError %s", err, tc.wantCode)
 			}
-			if n := sc.attempts(); n != 2 {
+			if n := len(sc.Requests()); n != 2 {
 				t.Errorf("%d attempts, want exactly 2", n)
 			}
 			if n := creds.n.Load(); n != 2 {
 				t.Errorf("credentials fetched %d times, want 2", n)
 			}
-			checkDistinctNonces(t, sc.requests())
+			checkDistinctNonces(t, sc.Requests())
 		})
 	}
 }
 
 func TestOnceOnlyRetryDoesNotUseUpThrottlingRetries(t *testing.T) {
 	t.Parallel()
-	sc, srv := newScripted(t,
+	sc := upstreamtest.InOrder(t,
 		fail(http.StatusBadRequest, "SignatureNonceUsed"),
 		fail(http.StatusBadRequest, "Throttling.User"),
 		fail(http.StatusServiceUnavailable, "ServiceUnavailable"),
 		ok())
-	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(4)))
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(4)))
 	if _, err := describe(t, c); err != nil {
 		t.Fatalf("want success on attempt 4, got %v", err)
 	}
-	if n := sc.attempts(); n != 4 {
+	if n := len(sc.Requests()); n != 4 {
 		t.Errorf("%d attempts, want 4", n)
 	}
 }
@@ -358,21 +252,21 @@ func TestPersistentThrottlingStopsAtMaxAttempts(t *testing.T) {
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			sc, srv := newScripted(t, fail(http.StatusBadRequest, "Throttling.User"))
+			sc := upstreamtest.InOrder(t, fail(http.StatusBadRequest, "Throttling.User"))
 			creds := &countingCreds{creds: upstream.Credentials(staticCreds(longKey))}
-			c := upstream.NewClient(creds, upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(tc.maxAttempts)))
+			c := upstream.NewClient(creds, upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(tc.maxAttempts)))
 			_, err := describe(t, c)
 			apiErr, isAPI := errors.AsType[*upstream.APIError](err)
 			if !isAPI || apiErr.Code != "Throttling.User" || apiErr.Kind() != upstream.KindThrottled {
 				t.Fatalf("error %v, want *APIError Throttling.User", err)
 			}
-			if n := sc.attempts(); n != tc.want {
+			if n := len(sc.Requests()); n != tc.want {
 				t.Errorf("%d attempts, want %d", n, tc.want)
 			}
 			if n := creds.n.Load(); n != int64(tc.want) {
 				t.Errorf("credentials fetched %d times, want %d (once per attempt)", n, tc.want)
 			}
-			checkDistinctNonces(t, sc.requests())
+			checkDistinctNonces(t, sc.Requests())
 		})
 	}
 }
@@ -383,8 +277,8 @@ func TestRetryNeverWaitsPastTheDeadline(t *testing.T) {
 	// cap of 1000 h the chance that it fits under the deadline is ~1e-6,
 	// so the first retry's wait would end past the deadline and the client
 	// must give up at once with the upstream's error.
-	sc, srv := newScripted(t, fail(http.StatusBadRequest, "Throttling.User"))
-	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL),
+	sc := upstreamtest.InOrder(t, fail(http.StatusBadRequest, "Throttling.User"))
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL),
 		upstream.WithRetryPolicy(upstream.RetryPolicy{MaxAttempts: 5, BaseDelay: 1000 * time.Hour, MaxDelay: 1000 * time.Hour}))
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 	defer cancel()
@@ -398,7 +292,7 @@ func TestRetryNeverWaitsPastTheDeadline(t *testing.T) {
 	if apiErr, isAPI := errors.AsType[*upstream.APIError](err); !isAPI || apiErr.Code != "Throttling.User" {
 		t.Errorf("error %v, want *APIError Throttling.User", err)
 	}
-	if n := sc.attempts(); n != 1 {
+	if n := len(sc.Requests()); n != 1 {
 		t.Errorf("%d attempts, want 1", n)
 	}
 }
@@ -428,17 +322,18 @@ func TestCancelDuringBackoff(t *testing.T) {
 			t.Parallel()
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
-			sc := &scripted{steps: []step{fail(http.StatusBadRequest, "Throttling.User"), ok()}}
+			sc := upstreamtest.InOrder(t, fail(http.StatusBadRequest, "Throttling.User"), ok())
 			answered := make(chan struct{})
 			var once sync.Once
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				sc.ServeHTTP(w, r)
-				w.(http.Flusher).Flush()
-				once.Do(func() { close(answered) })
-			}))
-			t.Cleanup(srv.Close)
+			sc.Wrap(func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					next.ServeHTTP(w, r)
+					w.(http.Flusher).Flush()
+					once.Do(func() { close(answered) })
+				})
+			})
 			opts := []upstream.Option{
-				upstream.WithEndpoint(srv.URL),
+				upstream.WithEndpoint(sc.URL),
 				upstream.WithRetryPolicy(upstream.RetryPolicy{MaxAttempts: 5, BaseDelay: 1000 * time.Hour, MaxDelay: 1000 * time.Hour}),
 			}
 			if tc.viaLog {
@@ -477,7 +372,7 @@ func TestCancelDuringBackoff(t *testing.T) {
 					t.Errorf("error %v does not wrap the last attempt's *APIError", err)
 				}
 			}
-			if n := sc.attempts(); n != 1 {
+			if n := len(sc.Requests()); n != 1 {
 				t.Errorf("%d attempts, want 1", n)
 			}
 		})
@@ -492,7 +387,7 @@ func (f failingCredential) GetAccessKeyId() (*string, error)     { return nil, f
 func (f failingCredential) GetAccessKeySecret() (*string, error) { return nil, f.err }
 func (f failingCredential) GetSecurityToken() (*string, error)   { return nil, f.err }
 func (f failingCredential) GetBearerToken() *string              { return nil }
-func (f failingCredential) GetType() *string                     { return ptr("failing") }
+func (f failingCredential) GetType() *string                     { return new("failing") }
 func (f failingCredential) GetCredential() (*credentials.CredentialModel, error) {
 	return nil, f.err
 }
@@ -502,7 +397,7 @@ func (f failingCredential) GetCredential() (*credentials.CredentialModel, error)
 type emptyCredential struct{ failingCredential }
 
 func (emptyCredential) GetCredential() (*credentials.CredentialModel, error) {
-	return &credentials.CredentialModel{AccessKeyId: ptr("LTAI5tNoSecret")}, nil
+	return &credentials.CredentialModel{AccessKeyId: new("LTAI5tNoSecret")}, nil
 }
 
 func TestCredentialsErrors(t *testing.T) {
@@ -518,13 +413,13 @@ func TestCredentialsErrors(t *testing.T) {
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			sc, srv := newScripted(t, ok())
-			c := upstream.NewClient(tc.creds, upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(4)))
+			sc := upstreamtest.InOrder(t, ok())
+			c := upstream.NewClient(tc.creds, upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(4)))
 			_, err := describe(t, c)
 			if !errors.Is(err, upstream.ErrNoCredentials) {
 				t.Errorf("error %v, want one wrapping upstream.ErrNoCredentials", err)
 			}
-			if n := sc.attempts(); n != 0 {
+			if n := len(sc.Requests()); n != 0 {
 				t.Errorf("%d HTTP requests made, want 0", n)
 			}
 			if cc, isCounting := tc.creds.(*countingCreds); isCounting {

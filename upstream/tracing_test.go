@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/upstreamtest"
 )
 
 func spanAttrs(s sdktrace.ReadOnlySpan) map[attribute.Key]attribute.Value {
@@ -64,7 +65,7 @@ func TestTraceContextStaysInside(t *testing.T) {
 				leaked.Store(h + ": " + v)
 			}
 		}
-		_, _ = io.WriteString(w, okBody)
+		_, _ = io.WriteString(w, upstreamtest.OKBody)
 	}))
 	t.Cleanup(srv.Close)
 	rec := tracetest.NewSpanRecorder()
@@ -90,7 +91,7 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 	var elsewhere atomic.Int64
 	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		elsewhere.Add(1)
-		_, _ = io.WriteString(w, okBody)
+		_, _ = io.WriteString(w, upstreamtest.OKBody)
 	}))
 	t.Cleanup(other.Close)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -88,7 +88,7 @@ func scenarioCalls(o options, _ io.Writer) (*report, error) {
 		}
 		calls, refCalls := st.desktopCalls(id), st.desktopCalls(sdkID)
 		want := pagesFor(n, upstream.MaxPageSize)
-		correct := got == n && refGot == n && sameRecord(st.sim, id, 0, first) && sameRecord(st.sim, id, n-1, last)
+		correct := got == n && refGot == n && sameRecord(st.Sim, id, 0, first) && sameRecord(st.Sim, id, n-1, last)
 		rep.add(row{
 			scenario: 1, metric: fmt.Sprintf("upstream calls, full stream of N=%d (ref: SDK page size 10)", n),
 			unit: unitCount, suffix: "calls", measured: float64(calls), reference: float64(refCalls),
@@ -140,7 +140,7 @@ func scenarioLatencyBound(o options, _ io.Writer) (*report, error) {
 	in := upstream.DescribeInput{RegionID: region, DesktopID: id, MaxResults: upstream.MaxPageSize}
 	for range probes {
 		t := time.Now()
-		if _, err := st.upstream.DescribeImageModifiedRecords(ctx, in); err != nil {
+		if _, err := st.Upstream.DescribeImageModifiedRecords(ctx, in); err != nil {
 			return nil, err
 		}
 		viaClient = append(viaClient, time.Since(t))

@@ -120,7 +120,7 @@ func scenarioMemory(o options, log io.Writer) (*report, error) {
 	rep.note("heap = runtime/metrics %s (peak) and %s (peak live) of the whole process (simulator, gateway, client), sampled every %v; baseline and retained after a GC",
 		heapObjectsMetric, heapLiveMetric, heapSampleEvery)
 	rep.note("pages ahead = sim.DesktopCalls − messages received, sampled at every receive; held by the gateway = sim.DesktopCalls − messages " +
-		"already handed to the transport, sampled by a handler interceptor just before each Send (the page being sent counts 1)")
+		"already handed to the transport, sampled as the gateway begins to write each message (observed outside the handler chain; the page being written counts 1)")
 	rep.note("the difference between the two is messages in flight: written by the gateway into the HTTP/2 stream, inside the client's receive window "+
 		"(here %s); the simulator's nonce store grows by about 100 B per call and shows in the retained heap",
 		map[bool]string{true: fmt.Sprintf("%d bytes", o.clientWindow), false: "Go's default of 4 MiB"}[o.clientWindow > 0])

@@ -1,56 +1,33 @@
 package main
 
 import (
-	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"fmt"
-	"io"
-	"math"
-	"net"
 	"net/http"
+	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
-	"connectrpc.com/otelconnect"
-	"go.opentelemetry.io/otel/metric"
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
-	"go.opentelemetry.io/otel/propagation"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/trace"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
-	"github.com/imagerecords/imagerecords/service"
-	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/service/gateway"
+	"github.com/imagerecords/imagerecords/service/gateway/gatewaytest"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
 )
 
-// region is the region every request names; the simulator serves its
-// desktops in any region.
-const region = "cn-hangzhou"
-
-// The one access key: the simulator accepts it, the gateway's upstream
-// client and the direct client sign with it.
-const (
-	accessKeyID     = "LTAIbenchmark0001"
-	accessKeySecret = "bench-secret-0123456789abcdef"
-)
-
-// simSeed fixes the simulator's records, tokens and request ids.
-const simSeed = 1
+// region is the region every request names.
+const region = gatewaytest.Region
 
 // Telemetry modes of the gateway stack.
 const (
-	// telemetryNoop gives the upstream client and the service no-op OTel
-	// providers and adds no tracing interceptor: the gateway's own cost.
+	// telemetryNoop gives the gateway no-op OTel providers: the gateway's
+	// own cost, the same handler chain.
 	telemetryNoop = "noop"
-	// telemetrySDK mirrors imagerecordsd without exporters: SDK tracer
-	// (ParentBased(AlwaysSample), so every span is recorded), SDK meter with
-	// a pull reader (as the Prometheus reader is), and the otelconnect
-	// interceptor on the handler.
+	// telemetrySDK is imagerecordsd's telemetry with no OTEL_* variable
+	// set: SDK tracer (every span recorded) and meter with the Prometheus
+	// reader, nothing exported.
 	telemetrySDK = "sdk"
 )
 
@@ -65,209 +42,184 @@ type stackConfig struct {
 	// clientWindow, when positive, is the gateway clients' HTTP/2
 	// per-stream receive window (MaxReceiveBufferPerStream).
 	clientWindow int
-	// upstreamQPS, when positive, turns on the upstream client's shared
-	// rate limit (imagerecordsd's --upstream-qps, default 100 there).
+	// upstreamQPS is the gateway's --upstream-qps (0: no limit);
+	// upstreamBurst its --upstream-burst.
 	upstreamQPS   float64
 	upstreamBurst int
 	// traceSim records when the simulator starts and ends each request.
 	traceSim bool
-	// beforeSend, when not nil, is called in the gateway's handler just
-	// before it hands each stream message to the transport.
+	// beforeSend, when not nil, is called whenever the gateway hands a
+	// stream message to the transport, as it begins to write it.
 	beforeSend func()
 }
 
-// stack is one in-process deployment on loopback: the simulator behind an
-// HTTP/1.1 server, and the gateway (upstream client, service, connect
-// handler) behind an HTTP/1.1 + h2c server, as imagerecordsd --simulate
-// runs them.
+// stack is one in-process deployment on loopback, started by the test kit
+// (package gatewaytest): the simulator behind an HTTP/1.1 server, and the
+// gateway built by package gateway — the handler chain imagerecordsd
+// ships — behind an HTTP/1.1 + h2c server.
 type stack struct {
-	cfg        stackConfig
-	sim        *ecdsim.Simulator
-	simURL     string
-	gatewayURL string
+	*gatewaytest.Stack
+	cfg stackConfig
 	// simTrace holds the simulator's request times, with traceSim.
 	simTrace *callTrace
-	// upstream is the gateway's upstream client.
-	upstream *upstream.Client
-	servers  []*http.Server
-	// simConns and gatewayConns count the TCP connections each server
-	// accepted: how well the clients reuse connections.
-	simConns, gatewayConns atomic.Int64
-	shutdown               []func(context.Context) error
+	// simConns and gatewayConns count the client connections each server
+	// saw: how well the clients reuse connections.
+	simConns, gatewayConns remoteAddrs
 }
 
 func startStack(cfg stackConfig) (*stack, error) {
-	sim, err := ecdsim.New(ecdsim.Config{
-		Seed:     simSeed,
-		Desktops: cfg.desktops,
-		Keys:     []ecdsim.Key{{AccessKeyID: accessKeyID, AccessKeySecret: accessKeySecret}},
-		Faults:   ecdsim.Faults{Latency: cfg.latency},
+	s := &stack{cfg: cfg}
+	var tel *gateway.Telemetry
+	switch cfg.telemetry {
+	case telemetryNoop:
+		tel = gateway.NoopTelemetry()
+	case telemetrySDK:
+		var err error
+		if tel, err = gateway.NewTelemetry(context.Background()); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("unknown telemetry mode %q (want %s or %s)", cfg.telemetry, telemetryNoop, telemetrySDK)
+	}
+	kit, err := gatewaytest.Start(gatewaytest.Config{
+		Args: []string{
+			"--compress-min-bytes", strconv.Itoa(cfg.compressMin),
+			"--upstream-qps", strconv.FormatFloat(cfg.upstreamQPS, 'g', -1, 64),
+			"--upstream-burst", strconv.Itoa(cfg.upstreamBurst),
+		},
+		Desktops:  cfg.desktops,
+		Faults:    ecdsim.Faults{Latency: cfg.latency},
+		Telemetry: tel,
+		WrapSimulator: func(sim http.Handler) http.Handler {
+			h := s.simConns.wrap(sim)
+			if cfg.traceSim {
+				s.simTrace = &callTrace{next: h}
+				h = s.simTrace
+			}
+			return h
+		},
+		WrapHandler: func(gw http.Handler) http.Handler {
+			h := s.gatewayConns.wrap(gw)
+			if cfg.beforeSend != nil {
+				h = envelopeObserver{next: h, onMessage: cfg.beforeSend}
+			}
+			return h
+		},
 	})
 	if err != nil {
+		_ = tel.Shutdown(context.Background())
 		return nil, err
 	}
-	s := &stack{cfg: cfg, sim: sim}
-	var simHandler http.Handler = sim
-	if cfg.traceSim {
-		s.simTrace = &callTrace{next: sim}
-		simHandler = s.simTrace
-	}
-	simAddr, err := s.serve(simHandler, false, &s.simConns)
-	if err != nil {
-		return nil, err
-	}
-	s.simURL = "http://" + simAddr
-
-	tp, mp, interceptors, err := s.telemetry()
-	if err != nil {
-		s.close()
-		return nil, err
-	}
-	if cfg.beforeSend != nil {
-		interceptors = append(interceptors, sendObserver{cfg.beforeSend})
-	}
-	clientOpts := []upstream.Option{
-		upstream.WithEndpoint(s.simURL),
-		upstream.WithTracerProvider(tp),
-		upstream.WithMeterProvider(mp),
-	}
-	if cfg.upstreamQPS > 0 {
-		clientOpts = append(clientOpts, upstream.WithRateLimit(cfg.upstreamQPS, cfg.upstreamBurst))
-	}
-	client := upstream.NewClient(upstream.StaticCredentials{AccessKeyID: accessKeyID, AccessKeySecret: accessKeySecret}, clientOpts...)
-	s.upstream = client
-	svc := service.New(client, service.WithMeterProvider(mp))
-	mux := http.NewServeMux()
-	mux.Handle(imagerecordsv1connect.NewImageRecordsServiceHandler(svc,
-		responseCompression(cfg.compressMin),
-		connect.WithInterceptors(interceptors...),
-	))
-	gwAddr, err := s.serve(mux, true, &s.gatewayConns)
-	if err != nil {
-		s.close()
-		return nil, err
-	}
-	s.gatewayURL = "http://" + gwAddr
+	s.Stack = kit
 	return s, nil
-}
-
-// telemetry returns the providers and handler interceptors of the
-// configured telemetry mode.
-func (s *stack) telemetry() (trace.TracerProvider, metric.MeterProvider, []connect.Interceptor, error) {
-	switch s.cfg.telemetry {
-	case telemetryNoop:
-		return tracenoop.NewTracerProvider(), metricnoop.NewMeterProvider(), nil, nil
-	case telemetrySDK:
-		tp := sdktrace.NewTracerProvider()
-		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
-		s.shutdown = append(s.shutdown, tp.Shutdown, mp.Shutdown)
-		tracing, err := otelconnect.NewInterceptor(
-			otelconnect.WithTracerProvider(tp),
-			otelconnect.WithMeterProvider(mp),
-			otelconnect.WithPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})),
-		)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		return tp, mp, []connect.Interceptor{tracing}, nil
-	}
-	return nil, nil, nil, fmt.Errorf("unknown telemetry mode %q (want %s or %s)", s.cfg.telemetry, telemetryNoop, telemetrySDK)
-}
-
-// serve serves h on a new 127.0.0.1 port and returns its address; h2c adds
-// cleartext HTTP/2 to HTTP/1.1. conns counts the accepted connections.
-func (s *stack) serve(h http.Handler, h2c bool, conns *atomic.Int64) (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		ConnState: func(_ net.Conn, state http.ConnState) {
-			if state == http.StateNew {
-				conns.Add(1)
-			}
-		},
-	}
-	if h2c {
-		var p http.Protocols
-		p.SetHTTP1(true)
-		p.SetUnencryptedHTTP2(true)
-		srv.Protocols = &p
-	}
-	s.servers = append(s.servers, srv)
-	go func() { _ = srv.Serve(ln) }()
-	return ln.Addr().String(), nil
 }
 
 // close stops the servers and the telemetry providers.
 func (s *stack) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for _, srv := range s.servers {
-		if err := srv.Shutdown(ctx); err != nil {
-			_ = srv.Close()
-		}
-	}
-	for _, f := range s.shutdown {
-		_ = f(ctx)
-	}
+	s.Close()
+	_ = s.Telemetry.Shutdown(context.Background())
 }
 
 // newGatewayClient returns a gRPC client of the gateway with its own h2c
 // connection pool.
 func (s *stack) newGatewayClient() imagerecordsv1connect.ImageRecordsServiceClient {
-	var p http.Protocols
-	p.SetUnencryptedHTTP2(true)
-	t := &http.Transport{Protocols: &p}
+	hc := gatewaytest.H2C()
 	if s.cfg.clientWindow > 0 {
-		t.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: s.cfg.clientWindow}
+		hc.Transport.(*http.Transport).HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: s.cfg.clientWindow}
 	}
-	opts := []connect.ClientOption{connect.WithGRPC()}
-	return imagerecordsv1connect.NewImageRecordsServiceClient(&http.Client{Transport: t}, s.gatewayURL, opts...)
+	return imagerecordsv1connect.NewImageRecordsServiceClient(hc, s.URL, connect.WithGRPC())
 }
 
 // newDirectClient returns a reference client of the simulator with its own
 // keep-alive pool, sized like the gateway's upstream pool.
 func (s *stack) newDirectClient() *directClient {
-	return newDirectClient(s.simURL, accessKeyID, accessKeySecret)
+	return newDirectClient(s.SimURL, gatewaytest.KeyID, gatewaytest.KeySecret)
 }
 
-// connections says how many TCP connections the simulator and the gateway
-// have accepted so far.
+// connections says how many client connections the simulator and the
+// gateway have seen so far.
 func (s *stack) connections() string {
-	return fmt.Sprintf("simulator %d, gateway %d", s.simConns.Load(), s.gatewayConns.Load())
+	return fmt.Sprintf("simulator %d, gateway %d", s.simConns.count(), s.gatewayConns.count())
 }
 
 // desktopCalls is the simulator's request count for a desktop.
-func (s *stack) desktopCalls(id string) int64 { return s.sim.DesktopCalls(id) }
+func (s *stack) desktopCalls(id string) int64 { return s.Sim.DesktopCalls(id) }
 
-// sendObserver is a handler interceptor that calls before just before
-// every message a streaming handler sends.
-type sendObserver struct{ before func() }
-
-func (o sendObserver) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return next }
-
-func (o sendObserver) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
+// remoteAddrs counts the distinct client addresses (connections) of the
+// requests a handler serves.
+type remoteAddrs struct {
+	mu    sync.Mutex
+	addrs map[string]bool
 }
 
-func (o sendObserver) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		return next(ctx, observedConn{conn, o.before})
+func (a *remoteAddrs) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.mu.Lock()
+		if a.addrs == nil {
+			a.addrs = map[string]bool{}
+		}
+		a.addrs[r.RemoteAddr] = true
+		a.mu.Unlock()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *remoteAddrs) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.addrs)
+}
+
+// envelopeObserver calls onMessage whenever the handler begins to write a
+// gRPC data message (a 5-byte envelope prefix with a clear end-of-stream
+// flag) into the response: the moment the gateway hands a stream message
+// to the transport.
+type envelopeObserver struct {
+	next      http.Handler
+	onMessage func()
+}
+
+func (o envelopeObserver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	o.next.ServeHTTP(&envelopeWriter{ResponseWriter: w, onMessage: o.onMessage}, r)
+}
+
+// envelopeWriter follows the envelopes of a response as they are written,
+// however the writes split them.
+type envelopeWriter struct {
+	http.ResponseWriter
+	onMessage func()
+	prefix    [5]byte
+	have      int    // prefix bytes seen of the next envelope
+	remaining uint32 // payload bytes left of the current envelope
+}
+
+func (w *envelopeWriter) Write(p []byte) (int, error) {
+	for rest := p; len(rest) > 0; {
+		if w.remaining > 0 {
+			n := min(uint32(len(rest)), w.remaining)
+			w.remaining -= n
+			rest = rest[n:]
+			continue
+		}
+		n := copy(w.prefix[w.have:], rest)
+		w.have += n
+		rest = rest[n:]
+		if w.have == len(w.prefix) {
+			w.have = 0
+			w.remaining = binary.BigEndian.Uint32(w.prefix[1:])
+			if w.prefix[0]&0x80 == 0 { // not the gRPC-Web trailers
+				w.onMessage()
+			}
+		}
 	}
+	return w.ResponseWriter.Write(p)
 }
 
-type observedConn struct {
-	connect.StreamingHandlerConn
-	before func()
-}
+// Flush flushes the response, as connect's streaming handlers require.
+func (w *envelopeWriter) Flush() { w.ResponseWriter.(http.Flusher).Flush() }
 
-func (c observedConn) Send(msg any) error {
-	c.before()
-	return c.StreamingHandlerConn.Send(msg)
-}
+// Unwrap lets http.ResponseController reach the server's writer.
+func (w *envelopeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // callTrace is a handler that records when each request started and ended.
 type callTrace struct {
@@ -302,18 +254,4 @@ func idleBetween(spans [][2]time.Time) time.Duration {
 		idle += spans[i][0].Sub(spans[i-1][1])
 	}
 	return idle
-}
-
-// responseCompression mirrors imagerecordsd's --compress-min-bytes: gzip at
-// the fastest level for responses of at least minBytes, none for 0.
-func responseCompression(minBytes int) connect.HandlerOption {
-	if minBytes <= 0 {
-		return connect.WithCompressMinBytes(math.MaxInt32)
-	}
-	return connect.WithHandlerOptions(
-		connect.WithCompressMinBytes(minBytes),
-		connect.WithCompression("gzip",
-			func() connect.Decompressor { return &gzip.Reader{} },
-			func() connect.Compressor { w, _ := gzip.NewWriterLevel(io.Discard, gzip.BestSpeed); return w }),
-	)
 }

@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"context"
@@ -17,9 +17,11 @@ import (
 // interceptor, so the line carries the RPC's trace_id.
 type accessLog struct{ logger *slog.Logger }
 
-var _ connect.Interceptor = accessLog{}
+func (a accessLog) interceptor() connect.Interceptor {
+	return handlerInterceptor{unary: a.wrapUnary, stream: a.wrapStream}
+}
 
-func (a accessLog) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+func (a accessLog) wrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		var stats upstream.CallStats
 		start := time.Now()
@@ -36,11 +38,7 @@ func (a accessLog) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	}
 }
 
-func (a accessLog) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
-}
-
-func (a accessLog) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+func (a accessLog) wrapStream(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		var stats upstream.CallStats
 		start := time.Now()

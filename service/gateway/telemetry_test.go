@@ -1,4 +1,4 @@
-package main
+package gateway_test
 
 import (
 	"context"
@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
+	"github.com/imagerecords/imagerecords/service/gateway/gatewaytest"
 	"github.com/imagerecords/imagerecords/upstream"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
 )
@@ -64,16 +65,16 @@ func TestStreamTraceTree(t *testing.T) {
 	t.Parallel()
 	const desktop = "ecd-three0000000250"
 	rec := tracetest.NewSpanRecorder()
-	h := startHarness(t, harnessConfig{desktops: []ecdsim.Desktop{{ID: desktop, Records: 250}}, spans: rec})
-	req, caller := callerSpan(t, &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: desktop})
-	stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), req)
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: []ecdsim.Desktop{{ID: desktop, Records: 250}}, SpanProcessor: rec})
+	req, caller := callerSpan(t, &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktop})
+	stream, err := h.Client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := drain(t, stream); err != nil {
+	if _, err := gatewaytest.Drain(stream); err != nil {
 		t.Fatal(err)
 	}
-	h.handlers.Wait()
+	h.Gateway.WaitIdle()
 
 	servers := spansOfKind(rec.Ended(), trace.SpanKindServer)
 	if len(servers) != 1 {
@@ -83,7 +84,7 @@ func TestStreamTraceTree(t *testing.T) {
 	if server.Name() != streamProcedure || server.Parent().SpanID() != caller.SpanID() || server.SpanContext().TraceID() != caller.TraceID() {
 		t.Fatalf("server span %q parent %v trace %v; want a child of the caller's span %v", server.Name(), server.Parent().SpanID(), server.SpanContext().TraceID(), caller)
 	}
-	if a := attrs(server); a["ecd.desktop_id"].AsString() != desktop || a["cloud.region"].AsString() != testRegion {
+	if a := attrs(server); a["ecd.desktop_id"].AsString() != desktop || a["cloud.region"].AsString() != gatewaytest.Region {
 		t.Errorf("server span attributes %v", a)
 	}
 	if n := len(server.Events()); n != 0 {
@@ -101,7 +102,7 @@ func TestStreamTraceTree(t *testing.T) {
 		}
 		if a["ecd.page"].AsInt64() != int64(i+1) || a["ecd.page.records"].AsInt64() != wantRecords[i] ||
 			a["ecd.request_id"].AsString() == "" || a["ecd.attempt"].AsInt64() != 1 || a["ecd.throttled"].AsBool() ||
-			a["ecd.desktop_id"].AsString() != desktop || a["cloud.region"].AsString() != testRegion || a["ecd.action"].AsString() != upstream.Action {
+			a["ecd.desktop_id"].AsString() != desktop || a["cloud.region"].AsString() != gatewaytest.Region || a["ecd.action"].AsString() != upstream.Action {
 			t.Errorf("client span %d attributes %v", i, a)
 		}
 		if c.Status().Code == codes.Error {
@@ -129,19 +130,20 @@ func TestThrottledAttemptIsVisibleInTheTrace(t *testing.T) {
 	t.Parallel()
 	const desktop = "ecd-three0000000250"
 	rec := tracetest.NewSpanRecorder()
-	h := startHarness(t, harnessConfig{
-		desktops: []ecdsim.Desktop{{ID: desktop, Records: 250}},
-		spans:    rec,
-		wrapSim:  func(sim http.Handler) http.Handler { return throttleNth(2, sim) },
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops:        []ecdsim.Desktop{{ID: desktop, Records: 250}},
+		SpanProcessor:   rec,
+		WrapSimulator:   func(sim http.Handler) http.Handler { return throttleNth(2, sim) },
+		UpstreamOptions: fastRetry,
 	})
-	stream, err := h.client().StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: desktop}))
+	stream, err := h.Client().StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktop}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msgs, err := drain(t, stream); err != nil || len(recordsOf(msgs)) != 250 {
-		t.Fatalf("%d records, %v", len(recordsOf(msgs)), err)
+	if msgs, err := gatewaytest.Drain(stream); err != nil || len(gatewaytest.RecordsOf(msgs)) != 250 {
+		t.Fatalf("%d records, %v", len(gatewaytest.RecordsOf(msgs)), err)
 	}
-	h.handlers.Wait()
+	h.Gateway.WaitIdle()
 	clients := spansOfKind(rec.Ended(), trace.SpanKindClient)
 	if len(clients) != 4 {
 		t.Fatalf("%d client spans, want 4: three pages and one throttled attempt", len(clients))
@@ -171,13 +173,13 @@ func TestCancelledStreamEndsItsSpans(t *testing.T) {
 	t.Parallel()
 	const huge = "ecd-huge00000100000"
 	rec := tracetest.NewSpanRecorder()
-	h := startHarness(t, harnessConfig{
-		desktops: []ecdsim.Desktop{{ID: huge, Records: 100_000}},
-		faults:   ecdsim.Faults{Latency: 10 * time.Millisecond},
-		spans:    rec,
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops:      []ecdsim.Desktop{{ID: huge, Records: 100_000}},
+		Faults:        ecdsim.Faults{Latency: 10 * time.Millisecond},
+		SpanProcessor: rec,
 	})
 	ctx, cancel := context.WithCancel(t.Context())
-	stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: huge}))
+	stream, err := h.Client(connect.WithGRPC()).StreamImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: huge}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +187,7 @@ func TestCancelledStreamEndsItsSpans(t *testing.T) {
 	}
 	cancel()
 	_ = stream.Close()
-	h.handlers.Wait()
+	h.Gateway.WaitIdle()
 	started, ended := len(rec.Started()), len(rec.Ended())
 	if started == 0 || started != ended {
 		t.Fatalf("%d spans started, %d ended: a cancelled stream left spans open", started, ended)
@@ -195,12 +197,12 @@ func TestCancelledStreamEndsItsSpans(t *testing.T) {
 func TestBadInputIsNotAnErrorSpan(t *testing.T) {
 	t.Parallel()
 	rec := tracetest.NewSpanRecorder()
-	h := startHarness(t, harnessConfig{desktops: testDesktops, spans: rec})
-	_, err := h.client().ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: "bad id"}))
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, SpanProcessor: rec})
+	_, err := h.Client().ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: "bad id"}))
 	if connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Fatal(err)
 	}
-	h.handlers.Wait()
+	h.Gateway.WaitIdle()
 	if n := len(spansOfKind(rec.Ended(), trace.SpanKindClient)); n != 0 {
 		t.Errorf("%d upstream spans for a rejected request", n)
 	}
@@ -268,16 +270,17 @@ func TestSpansReachARealOTLPReceiver(t *testing.T) {
 	t.Setenv("OTEL_METRICS_EXPORTER", "none")
 	t.Setenv("OTEL_SERVICE_NAME", "imagerecordsd-test")
 
-	addr, _, _, stop := startRun(t, "--simulate", "--listen", "127.0.0.1:0")
+	run := gatewaytest.Run(t, "--simulate")
+	addr, stop := run.Addrs.API, run.Stop
 	desktop := ecdsim.DefaultDesktops(1)[2] // 101 records: two pages
-	req, caller := callerSpan(t, &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: desktop.ID})
-	client := newClient(addr, connect.WithGRPC())
+	req, caller := callerSpan(t, &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktop.ID})
+	client := gatewaytest.ClientOf(addr, connect.WithGRPC())
 	stream, err := client.StreamImageModifiedRecords(t.Context(), req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msgs, err := drain(t, stream); err != nil || len(recordsOf(msgs)) != desktop.Records {
-		t.Fatalf("%d records, %v", len(recordsOf(msgs)), err)
+	if msgs, err := gatewaytest.Drain(stream); err != nil || len(gatewaytest.RecordsOf(msgs)) != desktop.Records {
+		t.Fatalf("%d records, %v", len(gatewaytest.RecordsOf(msgs)), err)
 	}
 	if err := stop(); err != nil { // graceful shutdown flushes the exporter
 		t.Fatal(err)
@@ -319,16 +322,17 @@ func TestSpansReachARealOTLPReceiver(t *testing.T) {
 
 func TestMetricsEndpoint(t *testing.T) {
 	t.Parallel()
-	addrs, stop := startRunAddrs(t, "--simulate", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
+	run := gatewaytest.Run(t, "--simulate", "--admin-listen", "127.0.0.1:0")
+	addrs, stop := run.Addrs, run.Stop
 	desktop := ecdsim.DefaultDesktops(1)[1] // 250 records
-	stream, err := newClient(addrs.api).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: desktop.ID}))
+	stream, err := gatewaytest.ClientOf(addrs.API).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktop.ID}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := drain(t, stream); err != nil {
+	if _, err := gatewaytest.Drain(stream); err != nil {
 		t.Fatal(err)
 	}
-	body := get(t, "http://"+addrs.admin+"/metrics")
+	body := get(t, "http://"+addrs.Admin+"/metrics")
 	stream1 := map[string]string{"rpc_method": "StreamImageModifiedRecords"}
 	testCases := []struct {
 		name   string
@@ -351,7 +355,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	if strings.Contains(body, "ecd-") {
 		t.Errorf("/metrics carries desktop ids as labels (unbounded cardinality)")
 	}
-	if got := get(t, "http://"+addrs.admin+"/healthz"); got != "ok\n" {
+	if got := get(t, "http://"+addrs.Admin+"/healthz"); got != "ok\n" {
 		t.Errorf("/healthz = %q", got)
 	}
 	if err := stop(); err != nil {
@@ -407,17 +411,17 @@ lines:
 
 func TestAccessLogCarriesTraceIDs(t *testing.T) {
 	t.Parallel()
-	var logs syncBuffer
+	var logs gatewaytest.Output
 	rec := tracetest.NewSpanRecorder()
-	h := startHarness(t, harnessConfig{desktops: testDesktops, spans: rec, logs: &logs})
-	stream, err := h.client().StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: smallDesktop}))
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, SpanProcessor: rec, Logs: &logs})
+	stream, err := h.Client().StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: smallDesktop}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := drain(t, stream); err != nil {
+	if _, err := gatewaytest.Drain(stream); err != nil {
 		t.Fatal(err)
 	}
-	h.handlers.Wait()
+	h.Gateway.WaitIdle()
 	server := spansOfKind(rec.Ended(), trace.SpanKindServer)[0]
 	var line struct {
 		Msg           string  `json:"msg"`

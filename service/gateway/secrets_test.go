@@ -1,4 +1,4 @@
-package main
+package gateway_test
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
+	"github.com/imagerecords/imagerecords/service/gateway/gatewaytest"
 	"github.com/imagerecords/imagerecords/upstream"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
 )
@@ -78,27 +79,28 @@ func TestSecretsNeverLeave(t *testing.T) {
 		t.Run(string(sig), func(t *testing.T) {
 			t.Parallel()
 			rec := tracetest.NewSpanRecorder()
-			var logs syncBuffer
+			var logs gatewaytest.Output
 			tap := &signatureTap{}
 			creds := &switchableCredentials{right: upstream.Credentials(key)}
-			h := startHarness(t, harnessConfig{
-				desktops:    testDesktops,
-				keys:        []ecdsim.Key{key},
-				credentials: creds,
-				signature:   sig,
-				spans:       rec,
-				logs:        &logs,
-				wrapSim:     tap.wrap,
+			h := gatewaytest.New(t, gatewaytest.Config{
+				Desktops:        testDesktops,
+				Keys:            []ecdsim.Key{key},
+				Credentials:     creds,
+				Args:            []string{"--signature", string(sig)},
+				UpstreamOptions: fastRetry,
+				SpanProcessor:   rec,
+				Logs:            &logs,
+				WrapSimulator:   tap.wrap,
 			})
 			var seen strings.Builder // everything a caller or operator can see
-			c := h.client(connect.WithGRPC())
+			c := h.Client(connect.WithGRPC())
 			stream := func() {
-				s, err := c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop}))
+				s, err := c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: bigDesktop}))
 				if err != nil {
 					seen.WriteString(err.Error())
 					return
 				}
-				msgs, err := drain(t, s)
+				msgs, err := gatewaytest.Drain(s)
 				for _, m := range msgs {
 					b, _ := protojson.Marshal(m)
 					seen.Write(b)
@@ -106,25 +108,25 @@ func TestSecretsNeverLeave(t *testing.T) {
 				writeErr(&seen, err)
 			}
 
-			res, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop}))
+			res, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: bigDesktop}))
 			if err != nil {
 				t.Fatal(err)
 			}
 			b, _ := protojson.Marshal(res.Msg)
 			seen.Write(b)
 			stream()
-			h.sim.SetFaults(ecdsim.Faults{ThrottleFraction: 0.3})
+			h.Sim.SetFaults(ecdsim.Faults{ThrottleFraction: 0.3})
 			stream()
-			h.sim.SetFaults(ecdsim.Faults{ThrottleFraction: 1})
+			h.Sim.SetFaults(ecdsim.Faults{ThrottleFraction: 1})
 			stream()
-			h.sim.SetFaults(ecdsim.Faults{})
+			h.Sim.SetFaults(ecdsim.Faults{})
 			creds.wrong.Store(true)
-			_, err = c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop}))
+			_, err = c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: bigDesktop}))
 			if connect.CodeOf(err) != connect.CodeInternal {
 				t.Fatalf("wrong secret: %v", err)
 			}
 			writeErr(&seen, err)
-			h.handlers.Wait()
+			h.Gateway.WaitIdle()
 
 			for _, s := range rec.Ended() {
 				fmt.Fprintf(&seen, "%s %v %v\n", s.Name(), s.Attributes(), s.Status())
@@ -136,7 +138,7 @@ func TestSecretsNeverLeave(t *testing.T) {
 				t.Errorf("%d spans started, %d ended", len(rec.Started()), len(rec.Ended()))
 			}
 			metrics := httptest.NewRecorder()
-			h.telemetry.metrics.ServeHTTP(metrics, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+			h.Telemetry.Metrics.ServeHTTP(metrics, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 			seen.WriteString(metrics.Body.String())
 			seen.WriteString(logs.String())
 

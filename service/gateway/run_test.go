@@ -1,15 +1,13 @@
-package main
+package gateway_test
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,63 +17,10 @@ import (
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
 	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
+	"github.com/imagerecords/imagerecords/service/gateway"
+	"github.com/imagerecords/imagerecords/service/gateway/gatewaytest"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
 )
-
-// syncBuffer is a bytes.Buffer safe for the server's writes and the test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// startRun runs the real Run logic with args and returns the bound address.
-func startRun(t *testing.T, args ...string) (addr string, stdout, stderr *syncBuffer, stop func() error) {
-	t.Helper()
-	addrs, stdout, stderr, stop := startRunFull(t, args...)
-	return addrs.api, stdout, stderr, stop
-}
-
-// startRunAddrs is startRun for tests that need the admin address too.
-func startRunAddrs(t *testing.T, args ...string) (listenAddrs, func() error) {
-	t.Helper()
-	addrs, _, _, stop := startRunFull(t, args...)
-	return addrs, stop
-}
-
-func startRunFull(t *testing.T, args ...string) (addrs listenAddrs, stdout, stderr *syncBuffer, stop func() error) {
-	t.Helper()
-	stdout, stderr = &syncBuffer{}, &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan listenAddrs, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, stdout, stderr, func(a listenAddrs) { ready <- a }) }()
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		cancel()
-		t.Fatalf("run: %v\n%s", err, stderr)
-	}
-	var once sync.Once
-	var runErr error
-	stop = func() error {
-		once.Do(func() { cancel(); runErr = <-done })
-		return runErr
-	}
-	t.Cleanup(func() { _ = stop() })
-	return addrs, stdout, stderr, stop
-}
 
 func postJSON(t *testing.T, url, body string) (int, string) {
 	t.Helper()
@@ -93,7 +38,8 @@ func postJSON(t *testing.T, url, body string) (int, string) {
 
 func TestRunSimulateServesConnectJSON(t *testing.T) {
 	t.Parallel()
-	addr, stdout, stderr, stop := startRun(t, "--simulate", "--listen", "127.0.0.1:0")
+	run := gatewaytest.Run(t, "--simulate")
+	addr, stdout, stderr, stop := run.Addrs.API, run.Stdout, run.Stderr, run.Stop
 	desktop := ecdsim.DefaultDesktops(1)[0].ID
 	if !strings.Contains(stdout.String(), desktop) || !strings.Contains(stdout.String(), "curl") {
 		t.Errorf("the banner lacks the sample desktop or a curl line:\n%s", stdout)
@@ -133,12 +79,12 @@ func TestRunSimulateServesConnectJSON(t *testing.T) {
 	}
 
 	// Health and reflection, as mesh probes and grpcurl use them.
-	health := grpchealth.NewClient(h2c(), "http://"+addr, connect.WithGRPC())
+	health := grpchealth.NewClient(gatewaytest.H2C(), "http://"+addr, connect.WithGRPC())
 	hres, err := health.Check(t.Context(), &grpchealth.CheckRequest{})
 	if err != nil || hres.Status != grpchealth.StatusServing {
 		t.Fatalf("health: %v %v", hres, err)
 	}
-	refl := grpcreflect.NewClient(h2c(), "http://"+addr, connect.WithGRPC())
+	refl := grpcreflect.NewClient(gatewaytest.H2C(), "http://"+addr, connect.WithGRPC())
 	rs := refl.NewStream(t.Context())
 	names, err := rs.ListServices()
 	if err != nil {
@@ -163,7 +109,7 @@ func TestRunSimulateServesConnectJSON(t *testing.T) {
 	}
 }
 
-func TestRunRejectsBadFlags(t *testing.T) {
+func TestParseArgsRefusesBadFlags(t *testing.T) {
 	t.Parallel()
 	testCases := [][]string{
 		{"--signature", "v2"},
@@ -174,25 +120,23 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"stray-argument"},
 	}
 	for _, args := range testCases {
-		// Were a bad flag accepted, Run would serve: end it soon, so the
-		// test fails instead of hanging.
-		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-		err := Run(ctx, append(args, "--listen", "127.0.0.1:0"), io.Discard, io.Discard)
-		cancel()
-		if _, ok := err.(usageError); !ok {
-			t.Errorf("Run(%q) = %v, want a usage error", args, err)
+		_, err := gateway.ParseArgs(args, noEnv, io.Discard)
+		if _, ok := errors.AsType[*gateway.UsageError](err); !ok {
+			t.Errorf("ParseArgs(%q) = %v, want a usage error", args, err)
 		}
 	}
 }
 
+func noEnv(string) (string, bool) { return "", false }
+
 func TestShutdownDrainsInFlightStreams(t *testing.T) {
 	t.Parallel()
-	h := startHarness(t, harnessConfig{
-		desktops: testDesktops,
-		faults:   ecdsim.Faults{Latency: 30 * time.Millisecond},
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops: testDesktops,
+		Faults:   ecdsim.Faults{Latency: 30 * time.Millisecond},
 	})
-	stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: bigDesktop,
+	stream, err := h.Client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: gatewaytest.Region, DesktopId: bigDesktop,
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +146,7 @@ func TestShutdownDrainsInFlightStreams(t *testing.T) {
 	}
 	got := len(stream.Msg().GetRecords())
 	stopped := make(chan error, 1)
-	go func() { stopped <- h.stop() }() // SIGTERM while the stream runs
+	go func() { stopped <- h.Stop() }() // SIGTERM while the stream runs
 	for stream.Receive() {
 		got += len(stream.Msg().GetRecords())
 	}
@@ -215,22 +159,21 @@ func TestShutdownDrainsInFlightStreams(t *testing.T) {
 	if err := <-stopped; err != nil {
 		t.Fatalf("serve returned %v", err)
 	}
-	res, err := h.gateway.health.Check(t.Context(), &grpchealth.CheckRequest{})
-	if err != nil || res.Status != grpchealth.StatusNotServing {
-		t.Errorf("health after shutdown: %v %v", res, err)
+	if status, err := h.Gateway.Health(t.Context()); err != nil || status != grpchealth.StatusNotServing {
+		t.Errorf("health after shutdown: %v %v", status, err)
 	}
 }
 
 func TestShutdownCancelsStreamsAfterGrace(t *testing.T) {
 	t.Parallel()
 	const huge = "ecd-huge00000100000"
-	h := startHarness(t, harnessConfig{
-		desktops:      []ecdsim.Desktop{{ID: huge, Records: 100_000}},
-		faults:        ecdsim.Faults{Latency: 20 * time.Millisecond},
-		shutdownGrace: 100 * time.Millisecond,
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops: []ecdsim.Desktop{{ID: huge, Records: 100_000}},
+		Faults:   ecdsim.Faults{Latency: 20 * time.Millisecond},
+		Args:     []string{"--shutdown-grace", "100ms"},
 	})
-	stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: huge,
+	stream, err := h.Client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: gatewaytest.Region, DesktopId: huge,
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +181,7 @@ func TestShutdownCancelsStreamsAfterGrace(t *testing.T) {
 	if !stream.Receive() {
 		t.Fatal(stream.Err())
 	}
-	if err := h.stop(); err != nil {
+	if err := h.Stop(); err != nil {
 		t.Fatalf("serve returned %v", err)
 	}
 	var last string
@@ -252,18 +195,18 @@ func TestShutdownCancelsStreamsAfterGrace(t *testing.T) {
 	if last == "" {
 		t.Error("no resume token before the cut")
 	}
-	h.handlers.Wait()
+	h.Gateway.WaitIdle()
 }
 
 func TestNewRPCsAreRefusedWhileDraining(t *testing.T) {
 	t.Parallel()
-	h := startHarness(t, harnessConfig{
-		desktops: testDesktops,
-		faults:   ecdsim.Faults{Latency: 20 * time.Millisecond},
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops: testDesktops,
+		Faults:   ecdsim.Faults{Latency: 20 * time.Millisecond},
 	})
-	c := h.client(connect.WithGRPC())
+	c := h.Client(connect.WithGRPC())
 	stream, err := c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: bigDesktop,
+		RegionId: gatewaytest.Region, DesktopId: bigDesktop,
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -272,17 +215,17 @@ func TestNewRPCsAreRefusedWhileDraining(t *testing.T) {
 		t.Fatal(stream.Err())
 	}
 	stopped := make(chan error, 1)
-	go func() { stopped <- h.stop() }()
-	for !h.gateway.draining.Load() { // set first thing by the shutdown
+	go func() { stopped <- h.Stop() }()
+	for !h.Gateway.Draining() { // set first thing by the shutdown
 		runtime.Gosched()
 	}
 	_, err = c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: smallDesktop,
+		RegionId: gatewaytest.Region, DesktopId: smallDesktop,
 	}))
 	if connect.CodeOf(err) != connect.CodeUnavailable {
 		t.Errorf("a new RPC during the drain: %v, want Unavailable", err)
 	}
-	_, err = drain(t, stream)
+	_, err = gatewaytest.Drain(stream)
 	if err != nil {
 		t.Errorf("the in-flight stream: %v", err)
 	}
@@ -291,23 +234,26 @@ func TestNewRPCsAreRefusedWhileDraining(t *testing.T) {
 	}
 }
 
-// This test sets environment variables, so it does not run in parallel.
 func TestFlagsFromEnvironment(t *testing.T) {
-	t.Setenv("IMAGERECORDS_LISTEN", "127.0.0.1:9999")
-	t.Setenv("IMAGERECORDS_SIGNATURE", "v1")
-	t.Setenv("IMAGERECORDS_UPSTREAM_QPS", "7.5")
-	cfg, err := parseConfig([]string{"--signature", "v3"}, io.Discard)
+	t.Parallel()
+	env := map[string]string{
+		"IMAGERECORDS_LISTEN":       "127.0.0.1:9999",
+		"IMAGERECORDS_SIGNATURE":    "v1",
+		"IMAGERECORDS_UPSTREAM_QPS": "7.5",
+	}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	cfg, err := gateway.ParseArgs([]string{"--signature", "v3"}, lookup, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.listen != "127.0.0.1:9999" || cfg.upstreamQPS != 7.5 {
-		t.Errorf("from the environment: listen %q, upstream QPS %v", cfg.listen, cfg.upstreamQPS)
+	if cfg.Listen != "127.0.0.1:9999" || cfg.UpstreamQPS != 7.5 {
+		t.Errorf("from the environment: listen %q, upstream QPS %v", cfg.Listen, cfg.UpstreamQPS)
 	}
-	if cfg.signature != "v3" {
-		t.Errorf("signature %q: a flag on the command line must win over its variable", cfg.signature)
+	if cfg.Signature != "v3" {
+		t.Errorf("signature %q: a flag on the command line must win over its variable", cfg.Signature)
 	}
-	t.Setenv("IMAGERECORDS_MAX_REQUEST_BYTES", "lots")
-	if _, err := parseConfig(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "IMAGERECORDS_MAX_REQUEST_BYTES") {
+	env["IMAGERECORDS_MAX_REQUEST_BYTES"] = "lots"
+	if _, err := gateway.ParseArgs(nil, lookup, io.Discard); err == nil || !strings.Contains(err.Error(), "IMAGERECORDS_MAX_REQUEST_BYTES") {
 		t.Errorf("a bad variable: %v, want an error naming it", err)
 	}
 }

@@ -1,17 +1,17 @@
-package main
+package gateway_test
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
+	"github.com/imagerecords/imagerecords/service/gateway/gatewaytest"
+	"github.com/imagerecords/imagerecords/upstream"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
 )
 
@@ -31,12 +31,12 @@ var testDesktops = []ecdsim.Desktop{
 
 func TestListReturnsTheSimulatorsPage(t *testing.T) {
 	t.Parallel()
-	h := startHarness(t, harnessConfig{desktops: testDesktops})
-	for _, p := range protocols {
-		t.Run(p.name, func(t *testing.T) {
-			c := h.client(p.opts...)
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops})
+	for _, p := range gatewaytest.Protocols {
+		t.Run(p.Name, func(t *testing.T) {
+			c := h.Client(p.Opts...)
 			first, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
-				RegionId: testRegion, DesktopId: bigDesktop, PageSize: 7,
+				RegionId: gatewaytest.Region, DesktopId: bigDesktop, PageSize: 7,
 			}))
 			if err != nil {
 				t.Fatal(err)
@@ -44,12 +44,12 @@ func TestListReturnsTheSimulatorsPage(t *testing.T) {
 			if n := len(first.Msg.GetRecords()); n != 7 {
 				t.Fatalf("got %d records, want 7", n)
 			}
-			h.checkRecords(t, bigDesktop, 0, first.Msg.GetRecords())
+			h.CheckRecords(t, bigDesktop, 0, first.Msg.GetRecords())
 			if first.Msg.GetTotalCount() != 1234 || first.Msg.GetRequestId() == "" || first.Msg.GetNextPageToken() == "" {
 				t.Fatalf("total_count %d, request_id %q, next_page_token %q", first.Msg.GetTotalCount(), first.Msg.GetRequestId(), first.Msg.GetNextPageToken())
 			}
 			second, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
-				RegionId: testRegion, DesktopId: bigDesktop, PageSize: 100, PageToken: first.Msg.GetNextPageToken(),
+				RegionId: gatewaytest.Region, DesktopId: bigDesktop, PageSize: 100, PageToken: first.Msg.GetNextPageToken(),
 			}))
 			if err != nil {
 				t.Fatal(err)
@@ -57,12 +57,12 @@ func TestListReturnsTheSimulatorsPage(t *testing.T) {
 			if n := len(second.Msg.GetRecords()); n != 100 {
 				t.Fatalf("second page: got %d records, want 100", n)
 			}
-			h.checkRecords(t, bigDesktop, 7, second.Msg.GetRecords())
+			h.CheckRecords(t, bigDesktop, 7, second.Msg.GetRecords())
 		})
 	}
 	// page_size 0 means the upstream default of 10; the last page has no token.
-	res, err := h.client().ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: emptyDesktop,
+	res, err := h.Client().ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
+		RegionId: gatewaytest.Region, DesktopId: emptyDesktop,
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -74,29 +74,29 @@ func TestListReturnsTheSimulatorsPage(t *testing.T) {
 
 func TestStreamDeliversEveryRecordOnceInThirteenCalls(t *testing.T) {
 	t.Parallel()
-	for _, p := range protocols {
-		t.Run(p.name, func(t *testing.T) {
+	for _, p := range gatewaytest.Protocols {
+		t.Run(p.Name, func(t *testing.T) {
 			t.Parallel()
-			h := startHarness(t, harnessConfig{desktops: testDesktops})
-			stream, err := h.client(p.opts...).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-				RegionId: testRegion, DesktopId: bigDesktop,
+			h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops})
+			stream, err := h.Client(p.Opts...).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+				RegionId: gatewaytest.Region, DesktopId: bigDesktop,
 			}))
 			if err != nil {
 				t.Fatal(err)
 			}
-			msgs, err := drain(t, stream)
+			msgs, err := gatewaytest.Drain(stream)
 			if err != nil {
 				t.Fatal(err)
 			}
-			records := recordsOf(msgs)
+			records := gatewaytest.RecordsOf(msgs)
 			if len(records) != 1234 {
 				t.Fatalf("got %d records, want 1234", len(records))
 			}
-			h.checkRecords(t, bigDesktop, 0, records) // every record, in order, so none twice
+			h.CheckRecords(t, bigDesktop, 0, records) // every record, in order, so none twice
 			if len(msgs) != 13 {
 				t.Errorf("got %d messages, want one per upstream page: 13", len(msgs))
 			}
-			if calls := h.sim.DesktopCalls(bigDesktop); calls != 13 {
+			if calls := h.Sim.DesktopCalls(bigDesktop); calls != 13 {
 				t.Errorf("upstream calls = %d, want ceil(1234/100) = 13", calls)
 			}
 			for i, m := range msgs {
@@ -114,78 +114,78 @@ func TestStreamDeliversEveryRecordOnceInThirteenCalls(t *testing.T) {
 
 func TestStreamMaxRecordsStopsEarlyAndResumes(t *testing.T) {
 	t.Parallel()
-	h := startHarness(t, harnessConfig{desktops: testDesktops})
-	c := h.client(connect.WithGRPC())
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops})
+	c := h.Client(connect.WithGRPC())
 	stream, err := c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: bigDesktop, MaxRecords: 150,
+		RegionId: gatewaytest.Region, DesktopId: bigDesktop, MaxRecords: 150,
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	msgs, err := drain(t, stream)
+	msgs, err := gatewaytest.Drain(stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := recordsOf(msgs)
+	first := gatewaytest.RecordsOf(msgs)
 	if len(first) != 150 {
 		t.Fatalf("max_records 150: got %d records", len(first))
 	}
-	h.checkRecords(t, bigDesktop, 0, first)
-	if calls := h.sim.DesktopCalls(bigDesktop); calls != 2 {
+	h.CheckRecords(t, bigDesktop, 0, first)
+	if calls := h.Sim.DesktopCalls(bigDesktop); calls != 2 {
 		t.Fatalf("max_records 150 made %d upstream calls, want 2", calls)
 	}
 
 	// The last message's token resumes mid-page, right after record 150.
 	stream, err = c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: bigDesktop, PageToken: msgs[len(msgs)-1].GetResumeToken(),
+		RegionId: gatewaytest.Region, DesktopId: bigDesktop, PageToken: msgs[len(msgs)-1].GetResumeToken(),
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	rest, err := drain(t, stream)
+	rest, err := gatewaytest.Drain(stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := recordsOf(rest); len(got) != 1234-150 {
+	if got := gatewaytest.RecordsOf(rest); len(got) != 1234-150 {
 		t.Fatalf("resumed stream: got %d records, want %d", len(got), 1234-150)
 	} else {
-		h.checkRecords(t, bigDesktop, 150, got)
+		h.CheckRecords(t, bigDesktop, 150, got)
 	}
-	if calls := h.sim.DesktopCalls(bigDesktop); calls != 2+12 {
+	if calls := h.Sim.DesktopCalls(bigDesktop); calls != 2+12 {
 		t.Errorf("resumed stream made %d upstream calls, want 12 (pages at 100..1200)", calls-2)
 	}
 
 	// A List page token works as a stream's starting point too.
 	page, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: smallDesktop, PageSize: 40,
+		RegionId: gatewaytest.Region, DesktopId: smallDesktop, PageSize: 40,
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	stream, err = c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: smallDesktop, PageToken: page.Msg.GetNextPageToken(),
+		RegionId: gatewaytest.Region, DesktopId: smallDesktop, PageToken: page.Msg.GetNextPageToken(),
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tail, err := drain(t, stream)
+	tail, err := gatewaytest.Drain(stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := recordsOf(tail); len(got) != 2 {
+	if got := gatewaytest.RecordsOf(tail); len(got) != 2 {
 		t.Fatalf("stream after a 40-record List page of 42: got %d records", len(got))
 	} else {
-		h.checkRecords(t, smallDesktop, 40, got)
+		h.CheckRecords(t, smallDesktop, 40, got)
 	}
 }
 
 func TestStreamResumesFromTheMiddle(t *testing.T) {
 	t.Parallel()
-	h := startHarness(t, harnessConfig{desktops: testDesktops})
-	c := h.client()
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops})
+	c := h.Client()
 	ctx, cancel := context.WithCancel(t.Context())
 	stream, err := c.StreamImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: bigDesktop,
+		RegionId: gatewaytest.Region, DesktopId: bigDesktop,
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -202,32 +202,32 @@ func TestStreamResumesFromTheMiddle(t *testing.T) {
 		t.Fatalf("first five messages carried %d records", len(got))
 	}
 	stream, err = c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: bigDesktop, PageToken: token,
+		RegionId: gatewaytest.Region, DesktopId: bigDesktop, PageToken: token,
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	rest, err := drain(t, stream)
+	rest, err := gatewaytest.Drain(stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got = append(got, recordsOf(rest)...)
+	got = append(got, gatewaytest.RecordsOf(rest)...)
 	if len(got) != 1234 {
 		t.Fatalf("first part and resumed part: %d records, want 1234", len(got))
 	}
-	h.checkRecords(t, bigDesktop, 0, got)
+	h.CheckRecords(t, bigDesktop, 0, got)
 }
 
 func TestCancelledStreamStopsUpstreamFetching(t *testing.T) {
 	t.Parallel()
 	const huge = "ecd-huge00000100000"
-	h := startHarness(t, harnessConfig{
-		desktops: []ecdsim.Desktop{{ID: huge, Records: 100_000}},
-		faults:   ecdsim.Faults{Latency: 20 * time.Millisecond},
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops: []ecdsim.Desktop{{ID: huge, Records: 100_000}},
+		Faults:   ecdsim.Faults{Latency: 20 * time.Millisecond},
 	})
 	ctx, cancel := context.WithCancel(t.Context())
-	stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: huge,
+	stream, err := h.Client(connect.WithGRPC()).StreamImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: gatewaytest.Region, DesktopId: huge,
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -238,10 +238,10 @@ func TestCancelledStreamStopsUpstreamFetching(t *testing.T) {
 		}
 	}
 	cancel()
-	atCancel := h.sim.DesktopCalls(huge)
+	atCancel := h.Sim.DesktopCalls(huge)
 	_ = stream.Close()
-	h.handlers.Wait() // the gateway's handler has returned
-	after := h.sim.DesktopCalls(huge)
+	h.Gateway.WaitIdle() // the gateway's handler has returned
+	after := h.Sim.DesktopCalls(huge)
 	if after > atCancel+1 {
 		t.Errorf("upstream calls went from %d at cancel to %d: want at most the page in flight", atCancel, after)
 	}
@@ -252,83 +252,83 @@ func TestCancelledStreamStopsUpstreamFetching(t *testing.T) {
 
 func TestStuckNextTokenFailsClearly(t *testing.T) {
 	t.Parallel()
-	h := startHarness(t, harnessConfig{desktops: testDesktops})
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops})
 	// A gateway that followed the token would stream forever: bound the wait.
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: stuckDesktop,
+	stream, err := h.Client(connect.WithGRPC()).StreamImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: gatewaytest.Region, DesktopId: stuckDesktop,
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	msgs, err := drain(t, stream)
+	msgs, err := gatewaytest.Drain(stream)
 	if connect.CodeOf(err) != connect.CodeInternal || !strings.Contains(err.Error(), "NextToken did not advance") {
 		t.Fatalf("err = %v, want Internal naming the NextToken that did not advance", err)
 	}
-	if info := errorInfo(t, err); info.GetReason() != "UPSTREAM_TOKEN_REPEATED" {
+	if info := gatewaytest.ErrorInfo(t, err); info.GetReason() != "UPSTREAM_TOKEN_REPEATED" {
 		t.Errorf("ErrorInfo = %v", info)
 	}
-	if got := recordsOf(msgs); len(got) != 100 {
+	if got := gatewaytest.RecordsOf(msgs); len(got) != 100 {
 		t.Errorf("delivered %d records before the repeat, want the first page's 100", len(got))
 	}
-	if calls := h.sim.DesktopCalls(stuckDesktop); calls != 2 {
+	if calls := h.Sim.DesktopCalls(stuckDesktop); calls != 2 {
 		t.Errorf("upstream calls = %d, want 2 (the repeat is caught on the second page)", calls)
 	}
 }
 
 func TestThrottlingIsRetriedAway(t *testing.T) {
 	t.Parallel()
-	h := startHarness(t, harnessConfig{desktops: testDesktops, faults: ecdsim.Faults{ThrottleFraction: 0.5}})
-	stream, err := h.client().StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: bigDesktop,
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Faults: ecdsim.Faults{ThrottleFraction: 0.5}, UpstreamOptions: fastRetry})
+	stream, err := h.Client().StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: gatewaytest.Region, DesktopId: bigDesktop,
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	msgs, err := drain(t, stream)
+	msgs, err := gatewaytest.Drain(stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	records := recordsOf(msgs)
+	records := gatewaytest.RecordsOf(msgs)
 	if len(records) != 1234 {
 		t.Fatalf("got %d records, want 1234", len(records))
 	}
-	h.checkRecords(t, bigDesktop, 0, records)
-	if st := h.sim.Stats(); st.Throttled == 0 || st.Pages != 13 {
+	h.CheckRecords(t, bigDesktop, 0, records)
+	if st := h.Sim.Stats(); st.Throttled == 0 || st.Pages != 13 {
 		t.Errorf("simulator: %d throttled, %d pages; want some throttled and exactly 13 pages", st.Throttled, st.Pages)
 	}
 }
 
 func TestPersistentThrottlingIsUnavailableWithDetails(t *testing.T) {
 	t.Parallel()
-	h := startHarness(t, harnessConfig{desktops: testDesktops, faults: ecdsim.Faults{ThrottleFraction: 1}})
-	for i, p := range protocols {
-		t.Run(p.name, func(t *testing.T) {
-			before := h.sim.Stats().Throttled
-			stream, err := h.client(p.opts...).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-				RegionId: testRegion, DesktopId: bigDesktop,
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Faults: ecdsim.Faults{ThrottleFraction: 1}, UpstreamOptions: fastRetry})
+	for i, p := range gatewaytest.Protocols {
+		t.Run(p.Name, func(t *testing.T) {
+			before := h.Sim.Stats().Throttled
+			stream, err := h.Client(p.Opts...).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+				RegionId: gatewaytest.Region, DesktopId: bigDesktop,
 			}))
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = drain(t, stream)
+			_, err = gatewaytest.Drain(stream)
 			if connect.CodeOf(err) != connect.CodeUnavailable {
 				t.Fatalf("err = %v, want Unavailable", err)
 			}
-			info := errorInfo(t, err)
+			info := gatewaytest.ErrorInfo(t, err)
 			if info.GetReason() != "Throttling.User" || info.GetDomain() != "ecd.aliyuncs.com" ||
 				info.GetMetadata()["upstream_request_id"] == "" || info.GetMetadata()["recommend"] == "" {
 				t.Errorf("ErrorInfo = %v", info)
 			}
-			if retry := retryInfo(t, err); retry.GetRetryDelay().AsDuration() <= 0 {
+			if retry := gatewaytest.RetryInfo(t, err); retry.GetRetryDelay().AsDuration() <= 0 {
 				t.Errorf("RetryInfo = %v", retry)
 			}
 			// The first call has the full retry budget; later ones get
 			// what is left of it, so a failing upstream sees bounded load.
-			if attempts := h.sim.Stats().Throttled - before; i == 0 && attempts != int64(testRetry.MaxAttempts) {
-				t.Errorf("first call: %d attempts, want %d", attempts, testRetry.MaxAttempts)
-			} else if attempts > int64(testRetry.MaxAttempts) || attempts < 1 {
+			if attempts := h.Sim.Stats().Throttled - before; i == 0 && attempts != int64(testRetryPolicy.MaxAttempts) {
+				t.Errorf("first call: %d attempts, want %d", attempts, testRetryPolicy.MaxAttempts)
+			} else if attempts > int64(testRetryPolicy.MaxAttempts) || attempts < 1 {
 				t.Errorf("%d attempts", attempts)
 			}
 		})
@@ -338,38 +338,38 @@ func TestPersistentThrottlingIsUnavailableWithDetails(t *testing.T) {
 func TestWrongSecretIsTheGatewaysFault(t *testing.T) {
 	t.Parallel()
 	const wrong = "wrong-secret-ABCDEF123456"
-	h := startHarness(t, harnessConfig{desktops: testDesktops, secretOverride: wrong})
-	_, err := h.client().ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: bigDesktop,
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Credentials: libraryCredentials(t, gatewaytest.KeyID, wrong)})
+	_, err := h.Client().ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
+		RegionId: gatewaytest.Region, DesktopId: bigDesktop,
 	}))
 	if connect.CodeOf(err) != connect.CodeInternal {
 		t.Fatalf("err = %v, want Internal: a bad signature is the gateway's fault, not the caller's", err)
 	}
-	if info := errorInfo(t, err); info.GetReason() != "SignatureDoesNotMatch" {
+	if info := gatewaytest.ErrorInfo(t, err); info.GetReason() != "SignatureDoesNotMatch" {
 		t.Errorf("ErrorInfo = %v", info)
 	}
-	if strings.Contains(err.Error(), wrong) || strings.Contains(err.Error(), testKeySecret) {
+	if strings.Contains(err.Error(), wrong) || strings.Contains(err.Error(), gatewaytest.KeySecret) {
 		t.Errorf("the error reveals a secret: %v", err)
 	}
-	if st := h.sim.Stats(); st.AuthFailures != 1 {
+	if st := h.Sim.Stats(); st.AuthFailures != 1 {
 		t.Errorf("auth failures = %d: a signature error must not be retried", st.AuthFailures)
 	}
 }
 
 func TestBadInputNeverReachesTheUpstream(t *testing.T) {
 	t.Parallel()
-	h := startHarness(t, harnessConfig{desktops: testDesktops})
-	c := h.client()
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops})
+	c := h.Client()
 	otherDesktopToken := func() string {
 		res, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
-			RegionId: testRegion, DesktopId: smallDesktop, PageSize: 5,
+			RegionId: gatewaytest.Region, DesktopId: smallDesktop, PageSize: 5,
 		}))
 		if err != nil {
 			t.Fatal(err)
 		}
 		return res.Msg.GetNextPageToken()
 	}()
-	before := h.sim.Stats().Requests
+	before := h.Sim.Stats().Requests
 
 	list := []struct {
 		name  string
@@ -378,20 +378,20 @@ func TestBadInputNeverReachesTheUpstream(t *testing.T) {
 	}{
 		{"empty region", &imagerecordsv1.ListImageModifiedRecordsRequest{DesktopId: bigDesktop}, "region_id"},
 		{"odd region", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: "evil.com/x", DesktopId: bigDesktop}, "region_id"},
-		{"empty desktop", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion}, "desktop_id"},
-		{"overlong desktop", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: "ecd-" + strings.Repeat("a", 61)}, "desktop_id"},
-		{"odd characters", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: "ecd-abc$%&"}, "desktop_id"},
-		{"not a desktop id", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: "i-bp1abcdef"}, "desktop_id"},
-		{"page_size 101", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, PageSize: 101}, "page_size"},
-		{"page_size -1", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, PageSize: -1}, "page_size"},
-		{"junk token", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, PageToken: "junk!!"}, "page_token"},
-		{"overlong token", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, PageToken: strings.Repeat("A", 5000)}, "page_token"},
-		{"another desktop's token", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, PageToken: otherDesktopToken}, "page_token"},
+		{"empty desktop", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region}, "desktop_id"},
+		{"overlong desktop", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: "ecd-" + strings.Repeat("a", 61)}, "desktop_id"},
+		{"odd characters", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: "ecd-abc$%&"}, "desktop_id"},
+		{"not a desktop id", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: "i-bp1abcdef"}, "desktop_id"},
+		{"page_size 101", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: bigDesktop, PageSize: 101}, "page_size"},
+		{"page_size -1", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: bigDesktop, PageSize: -1}, "page_size"},
+		{"junk token", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: bigDesktop, PageToken: "junk!!"}, "page_token"},
+		{"overlong token", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: bigDesktop, PageToken: strings.Repeat("A", 5000)}, "page_token"},
+		{"another desktop's token", &imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: bigDesktop, PageToken: otherDesktopToken}, "page_token"},
 	}
 	for _, tc := range list {
 		t.Run("list/"+tc.name, func(t *testing.T) {
 			_, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(tc.req))
-			checkFieldViolation(t, err, tc.field)
+			gatewaytest.CheckFieldViolation(t, err, tc.field)
 		})
 	}
 	streams := []struct {
@@ -399,99 +399,51 @@ func TestBadInputNeverReachesTheUpstream(t *testing.T) {
 		req   *imagerecordsv1.StreamImageModifiedRecordsRequest
 		field string
 	}{
-		{"empty desktop", &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion}, "desktop_id"},
-		{"max_records -1", &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, MaxRecords: -1}, "max_records"},
-		{"junk token", &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: testRegion, DesktopId: bigDesktop, PageToken: "AAAA"}, "page_token"},
+		{"empty desktop", &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region}, "desktop_id"},
+		{"max_records -1", &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: bigDesktop, MaxRecords: -1}, "max_records"},
+		{"junk token", &imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: bigDesktop, PageToken: "AAAA"}, "page_token"},
 	}
 	for _, tc := range streams {
 		t.Run("stream/"+tc.name, func(t *testing.T) {
-			stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(tc.req))
+			stream, err := h.Client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(tc.req))
 			if err == nil {
-				_, err = drain(t, stream)
+				_, err = gatewaytest.Drain(stream)
 			}
-			checkFieldViolation(t, err, tc.field)
+			gatewaytest.CheckFieldViolation(t, err, tc.field)
 		})
 	}
 	t.Run("malformed JSON", func(t *testing.T) {
-		code, body := postJSON(t, h.url+"/ecd.imagerecords.v1.ImageRecordsService/ListImageModifiedRecords", `{"regionId": "cn-hangzhou", "desktopId": `)
+		code, body := postJSON(t, h.URL+"/ecd.imagerecords.v1.ImageRecordsService/ListImageModifiedRecords", `{"regionId": "cn-hangzhou", "desktopId": `)
 		if code != 400 || !strings.Contains(body, `"invalid_argument"`) {
 			t.Errorf("HTTP %d %s, want 400 invalid_argument", code, body)
 		}
 	})
-	if after := h.sim.Stats().Requests; after != before {
+	if after := h.Sim.Stats().Requests; after != before {
 		t.Errorf("bad input made %d upstream calls, want 0", after-before)
 	}
-}
-
-func checkFieldViolation(t *testing.T, err error, field string) {
-	t.Helper()
-	if connect.CodeOf(err) != connect.CodeInvalidArgument {
-		t.Fatalf("err = %v, want InvalidArgument", err)
-	}
-	var cerr *connect.Error
-	errors.As(err, &cerr)
-	for _, d := range cerr.Details() {
-		v, derr := d.Value()
-		if br, ok := v.(*errdetails.BadRequest); derr == nil && ok {
-			for _, fv := range br.GetFieldViolations() {
-				if fv.GetField() == field {
-					return
-				}
-			}
-			t.Fatalf("BadRequest %v does not name %s", br, field)
-		}
-	}
-	t.Fatalf("no BadRequest detail in %v", err)
-}
-
-func errorInfo(t *testing.T, err error) *errdetails.ErrorInfo {
-	t.Helper()
-	return detail[*errdetails.ErrorInfo](t, err)
-}
-
-func retryInfo(t *testing.T, err error) *errdetails.RetryInfo {
-	t.Helper()
-	return detail[*errdetails.RetryInfo](t, err)
-}
-
-func detail[T any](t *testing.T, err error) T {
-	t.Helper()
-	var zero T
-	var cerr *connect.Error
-	if !errors.As(err, &cerr) {
-		t.Fatalf("%v is not a connect error", err)
-	}
-	for _, d := range cerr.Details() {
-		v, derr := d.Value()
-		if x, ok := v.(T); derr == nil && ok {
-			return x
-		}
-	}
-	t.Fatalf("no %T detail in %v", zero, err)
-	return zero
 }
 
 func TestStreamOutlivesReadHeaderTimeout(t *testing.T) {
 	t.Parallel()
 	// Five pages at 200 ms each take twice the header timeout. (A shorter
 	// timeout can cut the connection preface itself on a loaded machine.)
-	h := startHarness(t, harnessConfig{
-		desktops:          testDesktops,
-		faults:            ecdsim.Faults{Latency: 200 * time.Millisecond},
-		readHeaderTimeout: 500 * time.Millisecond,
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops: testDesktops,
+		Faults:   ecdsim.Faults{Latency: 200 * time.Millisecond},
+		Args:     []string{"--read-header-timeout", "500ms"},
 	})
 	start := time.Now()
-	stream, err := h.client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: testRegion, DesktopId: bigDesktop, MaxRecords: 500,
+	stream, err := h.Client(connect.WithGRPC()).StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: gatewaytest.Region, DesktopId: bigDesktop, MaxRecords: 500,
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	msgs, err := drain(t, stream)
+	msgs, err := gatewaytest.Drain(stream)
 	if err != nil {
 		t.Fatalf("after %v: %v", time.Since(start), err)
 	}
-	if got := recordsOf(msgs); len(got) != 500 {
+	if got := gatewaytest.RecordsOf(msgs); len(got) != 500 {
 		t.Fatalf("got %d records, want 500", len(got))
 	}
 	if elapsed := time.Since(start); elapsed < 500*time.Millisecond {
@@ -512,15 +464,15 @@ func TestResponseCompressionIsOptIn(t *testing.T) {
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			h := startHarness(t, harnessConfig{desktops: testDesktops, args: tc.args})
-			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, h.url+"/ecd.imagerecords.v1.ImageRecordsService/ListImageModifiedRecords",
+			h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Args: tc.args})
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, h.URL+"/ecd.imagerecords.v1.ImageRecordsService/ListImageModifiedRecords",
 				strings.NewReader(`{"regionId":"cn-hangzhou","desktopId":"`+bigDesktop+`","pageSize":100}`))
 			if err != nil {
 				t.Fatal(err)
 			}
 			req.Header.Set("Content-Type", "application/json")
 			req.Header.Set("Accept-Encoding", "gzip")
-			res, err := h.http.Transport.RoundTrip(req) // the raw answer, not decompressed
+			res, err := h.HTTP.Transport.RoundTrip(req) // the raw answer, not decompressed
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -530,4 +482,23 @@ func TestResponseCompressionIsOptIn(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testRetryPolicy retries ten times with millisecond backoff, unlike the
+// production default (4 attempts, backoff capped at 100, 200 and 400 ms):
+// the tests that use it inject throttling at fixed fractions, which the
+// default attempts alone do not always outlast.
+var testRetryPolicy = upstream.RetryPolicy{MaxAttempts: 10, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond}
+
+var fastRetry = []upstream.Option{upstream.WithRetryPolicy(testRetryPolicy)}
+
+// libraryCredentials is an AccessKey pair through the real credentials
+// library.
+func libraryCredentials(t *testing.T, id, secret string) upstream.CredentialsProvider {
+	t.Helper()
+	c, err := gatewaytest.LibraryCredentials(id, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"bufio"
@@ -81,24 +81,24 @@ func (a *bearerAuth) admits(h http.Header) bool {
 	return match == 1
 }
 
-func (a *bearerAuth) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if !a.admits(req.Header()) {
-			return nil, connect.NewError(connect.CodeUnauthenticated, errUnauthenticated)
-		}
-		return next(ctx, req)
-	}
-}
-
-func (a *bearerAuth) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
-}
-
-func (a *bearerAuth) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		if !a.admits(conn.RequestHeader()) {
-			return connect.NewError(connect.CodeUnauthenticated, errUnauthenticated)
-		}
-		return next(ctx, conn)
+// interceptor refuses RPCs without an admitted token.
+func (a *bearerAuth) interceptor() connect.Interceptor {
+	return handlerInterceptor{
+		unary: func(next connect.UnaryFunc) connect.UnaryFunc {
+			return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+				if !a.admits(req.Header()) {
+					return nil, connect.NewError(connect.CodeUnauthenticated, errUnauthenticated)
+				}
+				return next(ctx, req)
+			}
+		},
+		stream: func(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+			return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+				if !a.admits(conn.RequestHeader()) {
+					return connect.NewError(connect.CodeUnauthenticated, errUnauthenticated)
+				}
+				return next(ctx, conn)
+			}
+		},
 	}
 }

@@ -1,9 +1,10 @@
-package main
+package gateway
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -14,31 +15,46 @@ import (
 	"go.opentelemetry.io/contrib/exporters/autoexport"
 	"go.opentelemetry.io/otel/attribute"
 	promexporter "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
 
 // serviceName is the default OTel service.name; OTEL_SERVICE_NAME overrides it.
 const serviceName = "imagerecordsd"
 
-// telemetry holds the OTel SDK providers of one gateway run. Traces and
-// metrics are pushed only where the standard OTEL_* variables ask for it;
-// metrics are always available for Prometheus scraping on the admin
-// listener.
-type telemetry struct {
-	tracerProvider *sdktrace.TracerProvider
-	meterProvider  *sdkmetric.MeterProvider
-	propagator     propagation.TextMapPropagator
-	// metrics serves the Prometheus text format.
-	metrics http.Handler
+// Telemetry is where a gateway's spans and metrics go. [NewTelemetry]
+// builds the OTel SDK providers of a gateway run; [NoopTelemetry] records
+// nothing (the benchmark measures the gateway's own cost with it).
+type Telemetry struct {
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+	// Propagator reads the caller's trace context.
+	Propagator propagation.TextMapPropagator
+	// Metrics serves the Prometheus text format on the admin listener.
+	Metrics http.Handler
+	// shutdown flushes and stops the providers; nil for no-op ones.
+	shutdown func(context.Context) error
 }
 
-// version is the gateway's version: the module version when built from a
+// NoopTelemetry records nothing and serves an empty /metrics.
+func NoopTelemetry() *Telemetry {
+	return &Telemetry{
+		TracerProvider: tracenoop.NewTracerProvider(),
+		MeterProvider:  metricnoop.NewMeterProvider(),
+		Propagator:     propagation.NewCompositeTextMapPropagator(),
+		Metrics:        http.NotFoundHandler(),
+	}
+}
+
+// Version is the gateway's version: the module version when built from a
 // tagged module, else the VCS revision, else "dev".
-func version() string {
+func Version() string {
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "dev"
@@ -67,13 +83,15 @@ func exportConfigured(signal string) bool {
 	return false
 }
 
-// newTelemetry builds the providers from the OTEL_* environment. extra
-// span processors (tests pass an in-memory recorder) see every span.
-func newTelemetry(ctx context.Context, extra ...sdktrace.SpanProcessor) (*telemetry, error) {
+// NewTelemetry builds the OTel SDK providers from the OTEL_* environment.
+// Traces and metrics are pushed only where those variables ask for it;
+// metrics are always served for Prometheus scraping. extra span processors
+// (tests pass an in-memory recorder) see every span.
+func NewTelemetry(ctx context.Context, extra ...sdktrace.SpanProcessor) (*Telemetry, error) {
 	res, err := resource.New(ctx,
 		resource.WithAttributes(
 			attribute.String("service.name", serviceName),
-			attribute.String("service.version", version()),
+			attribute.String("service.version", Version()),
 		),
 		resource.WithFromEnv(), // OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
 		resource.WithTelemetrySDK(),
@@ -113,18 +131,32 @@ func newTelemetry(ctx context.Context, extra ...sdktrace.SpanProcessor) (*teleme
 		}
 	}
 
-	return &telemetry{
-		tracerProvider: sdktrace.NewTracerProvider(traceOpts...),
-		meterProvider:  sdkmetric.NewMeterProvider(metricOpts...),
-		propagator:     propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
-		metrics:        promhttp.HandlerFor(registry, promhttp.HandlerOpts{}),
+	tp := sdktrace.NewTracerProvider(traceOpts...)
+	mp := sdkmetric.NewMeterProvider(metricOpts...)
+	return &Telemetry{
+		TracerProvider: tp,
+		MeterProvider:  mp,
+		Propagator:     propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
+		Metrics:        promhttp.HandlerFor(registry, promhttp.HandlerOpts{}),
+		shutdown: func(ctx context.Context) error {
+			return errors.Join(tp.Shutdown(ctx), mp.Shutdown(ctx))
+		},
 	}, nil
 }
 
-// shutdown flushes and stops the providers: spans still buffered are
+// Shutdown flushes and stops the providers: spans still buffered are
 // exported before the process exits.
-func (t *telemetry) shutdown(ctx context.Context) error {
-	return errors.Join(t.tracerProvider.Shutdown(ctx), t.meterProvider.Shutdown(ctx))
+func (t *Telemetry) Shutdown(ctx context.Context) error {
+	if t.shutdown == nil {
+		return nil
+	}
+	return t.shutdown(ctx)
+}
+
+// NewLogger returns the gateway's logger: JSON lines on w at level and
+// above, with the trace_id and span_id of the active span.
+func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
+	return slog.New(traceLogHandler{slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})})
 }
 
 // traceLogHandler adds trace_id and span_id to every log record made under

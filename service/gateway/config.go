@@ -1,0 +1,235 @@
+package gateway
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/ecdsim"
+)
+
+// EnvPrefix leads the environment variable of every flag: --upstream-endpoint
+// is IMAGERECORDS_UPSTREAM_ENDPOINT. A flag given on the command line wins
+// over its variable.
+const EnvPrefix = "IMAGERECORDS_"
+
+// Config is every setting of a gateway. [DefaultConfig] holds the
+// production defaults; the daemon's flags and environment variables
+// ([ParseArgs]) set the fields, and the benchmark and the tests start from
+// the same defaults.
+type Config struct {
+	// Listen is the address for Connect, gRPC and gRPC-Web (HTTP/1.1 and h2c).
+	Listen string
+	// AdminListen is the address of the admin listener (/metrics, /healthz);
+	// empty: none.
+	AdminListen string
+	// TrustRemoteTrace continues the caller's W3C trace; false starts a new
+	// trace linked to it.
+	TrustRemoteTrace bool
+	// UpstreamEndpoint overrides the regional https://ecd.<region>.aliyuncs.com.
+	UpstreamEndpoint string
+	// Signature is the upstream signature version.
+	Signature upstream.SignatureVersion
+	// Simulate answers from an embedded simulator with generated keys.
+	Simulate bool
+	// SimulateSeed seeds the simulator's desktops and records.
+	SimulateSeed int64
+	// SimulateFaults are the simulator's injected latency and faults.
+	SimulateFaults ecdsim.Faults
+	// ShutdownGrace is how long in-flight streams may run after SIGTERM.
+	ShutdownGrace time.Duration
+	// ReadHeaderTimeout bounds the time a client takes to send headers.
+	ReadHeaderTimeout time.Duration
+	// LogLevel is the lowest level logged.
+	LogLevel slog.Level
+
+	// UpstreamQPS and UpstreamBurst are the shared upstream rate limit;
+	// UpstreamQPS 0 turns it off.
+	UpstreamQPS   float64
+	UpstreamBurst int
+	// UpstreamAttemptTimeout bounds one upstream attempt, body included.
+	UpstreamAttemptTimeout time.Duration
+
+	// TLSCert and TLSKey, when set, serve TLS instead of cleartext.
+	TLSCert, TLSKey string
+	// ClientCA, when set, requires client certificates signed by it.
+	ClientCA string
+	// AuthTokensFile, when set, requires a bearer token listed in it.
+	AuthTokensFile string
+	// Reflection serves gRPC server reflection.
+	Reflection bool
+	// MaxRequestBytes bounds a request message.
+	MaxRequestBytes int
+	// MaxHeaderBytes bounds a request header block.
+	MaxHeaderBytes int
+	// MaxConcurrentStreams bounds the RPCs at once on one HTTP/2 connection.
+	MaxConcurrentStreams int
+	// CompressMinBytes gzips responses of at least this size; 0 never.
+	CompressMinBytes int
+}
+
+// DefaultConfig returns the production defaults: what a user gets who sets
+// no flag.
+func DefaultConfig() Config {
+	return Config{
+		Listen:                 "127.0.0.1:8080",
+		TrustRemoteTrace:       true,
+		Signature:              upstream.SignatureV3,
+		SimulateSeed:           1,
+		ShutdownGrace:          15 * time.Second,
+		ReadHeaderTimeout:      10 * time.Second,
+		LogLevel:               slog.LevelInfo,
+		UpstreamQPS:            100,
+		UpstreamBurst:          20,
+		UpstreamAttemptTimeout: upstream.DefaultAttemptTimeout,
+		Reflection:             true,
+		MaxRequestBytes:        64 << 10,
+		MaxHeaderBytes:         64 << 10,
+		MaxConcurrentStreams:   250,
+		CompressMinBytes:       0,
+	}
+}
+
+// UsageError is a bad command line or environment variable: the operator
+// must change how the gateway is started. The daemon exits 2 for it.
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+func usage(format string, args ...any) error {
+	return &UsageError{Err: fmt.Errorf(format, args...)}
+}
+
+// FlagSet returns the daemon's flags, each bound to a field of c with c's
+// value as its default. [ParseArgs] uses it on [DefaultConfig].
+func (c *Config) FlagSet(output io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("imagerecordsd", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.StringVar(&c.Listen, "listen", c.Listen, "address to serve Connect, gRPC and gRPC-Web on (HTTP/1.1 and h2c)")
+	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "address for the admin listener with /metrics (Prometheus) and /healthz; empty: none")
+	fs.BoolVar(&c.TrustRemoteTrace, "trust-remote-trace", c.TrustRemoteTrace, "continue the caller's W3C trace (traceparent); false starts a new trace with a link to it")
+	fs.StringVar(&c.UpstreamEndpoint, "upstream-endpoint", c.UpstreamEndpoint, "upstream base URL overriding the regional https://ecd.<region>.aliyuncs.com, e.g. https://ecd.vpc-proxy.aliyuncs.com")
+	fs.Var(signatureFlag{&c.Signature}, "signature", "upstream signature version: v3 (ACS3-HMAC-SHA256) or v1 (HMAC-SHA1)")
+	fs.BoolVar(&c.Simulate, "simulate", c.Simulate, "serve from an embedded ECD simulator on a loopback port, with generated keys; no cloud account needed")
+	fs.Int64Var(&c.SimulateSeed, "simulate-seed", c.SimulateSeed, "seed of the simulator's data (same seed, same desktops and records)")
+	fs.DurationVar(&c.SimulateFaults.Latency, "simulate-latency", c.SimulateFaults.Latency, "with --simulate: latency added to every upstream answer")
+	fs.Float64Var(&c.SimulateFaults.ThrottleFraction, "simulate-throttle", c.SimulateFaults.ThrottleFraction, "with --simulate: fraction (0..1) of upstream calls answered Throttling.User")
+	fs.Float64Var(&c.SimulateFaults.ServerErrorFraction, "simulate-server-errors", c.SimulateFaults.ServerErrorFraction, "with --simulate: fraction (0..1) of upstream calls answered 503/500")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "on SIGTERM, how long in-flight streams may run before they are cancelled")
+	fs.DurationVar(&c.ReadHeaderTimeout, "read-header-timeout", c.ReadHeaderTimeout, "how long a client may take to send request headers (streams themselves are never cut)")
+	fs.Float64Var(&c.UpstreamQPS, "upstream-qps", c.UpstreamQPS, "upstream calls per second, shared by every RPC (retries included); 0: no limit")
+	fs.IntVar(&c.UpstreamBurst, "upstream-burst", c.UpstreamBurst, "upstream calls allowed at once above --upstream-qps")
+	fs.DurationVar(&c.UpstreamAttemptTimeout, "upstream-attempt-timeout", c.UpstreamAttemptTimeout, "bound of one upstream attempt, body included; a timed-out attempt is retried")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate chain: serve TLS (HTTP/1.1 and h2) instead of cleartext")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key of --tls-cert")
+	fs.StringVar(&c.ClientCA, "client-ca", c.ClientCA, "PEM CA bundle: require client certificates signed by it (mTLS); needs --tls-cert")
+	fs.StringVar(&c.AuthTokensFile, "auth-tokens-file", c.AuthTokensFile, "file of accepted bearer tokens, one per line, re-read on SIGHUP; empty: no token needed")
+	fs.BoolVar(&c.Reflection, "reflection", c.Reflection, "serve gRPC server reflection (v1 and v1alpha)")
+	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", c.MaxRequestBytes, "largest request message accepted")
+	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "largest request header block accepted")
+	fs.IntVar(&c.MaxConcurrentStreams, "max-concurrent-streams", c.MaxConcurrentStreams, "HTTP/2 streams (RPCs) allowed at once on one connection")
+	fs.IntVar(&c.CompressMinBytes, "compress-min-bytes", c.CompressMinBytes, "gzip (fastest level) responses of at least this many bytes when the caller accepts gzip; 0: never compress (cheapest inside a mesh)")
+	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: imagerecordsd [flags]\n\nEvery flag can also be set by the environment variable %s<FLAG> (upper case, - as _).\nCredentials come from the standard Alibaba Cloud chain (ALIBABA_CLOUD_ACCESS_KEY_ID, ...).\n\nFlags:\n", EnvPrefix)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// signatureFlag is the flag.Value of --signature.
+type signatureFlag struct{ v *upstream.SignatureVersion }
+
+func (f signatureFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return string(*f.v)
+}
+
+func (f signatureFlag) Set(s string) error {
+	v, ok := upstream.ParseSignatureVersion(s)
+	if !ok {
+		return fmt.Errorf("%q is neither v3 nor v1", s)
+	}
+	*f.v = v
+	return nil
+}
+
+// ParseArgs returns the configuration of the command line args, with every
+// flag not on the command line taken from its environment variable
+// (looked up with lookupEnv, e.g. os.LookupEnv), on top of [DefaultConfig].
+// Errors are a [*UsageError], or flag.ErrHelp after -h (the usage went to
+// output).
+func ParseArgs(args []string, lookupEnv func(string) (string, bool), output io.Writer) (Config, error) {
+	cfg := DefaultConfig()
+	fs := cfg.FlagSet(output)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return cfg, err
+		}
+		return cfg, &UsageError{Err: err}
+	}
+	if fs.NArg() > 0 {
+		return cfg, usage("unexpected arguments: %q", fs.Args())
+	}
+	if err := applyEnv(fs, lookupEnv); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// EnvName is the environment variable of a flag.
+func EnvName(flagName string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// applyEnv sets every flag not given on the command line from its
+// environment variable.
+func applyEnv(fs *flag.FlagSet, lookupEnv func(string) (string, bool)) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || err != nil {
+			return
+		}
+		name := EnvName(f.Name)
+		if v, ok := lookupEnv(name); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = usage("%s: %w", name, e)
+			}
+		}
+	})
+	return err
+}
+
+// Validate refuses settings that cannot work together or make no sense.
+func (c Config) Validate() error {
+	if c.UpstreamEndpoint != "" {
+		u, err := url.Parse(c.UpstreamEndpoint)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" {
+			return usage("--upstream-endpoint %q is not an http(s) base URL such as https://ecd.vpc-proxy.aliyuncs.com", c.UpstreamEndpoint)
+		}
+	}
+	switch {
+	case c.Simulate && c.UpstreamEndpoint != "":
+		return usage("--simulate and --upstream-endpoint exclude each other")
+	case c.ShutdownGrace < 0 || c.ReadHeaderTimeout <= 0:
+		return usage("--shutdown-grace must be >= 0 and --read-header-timeout > 0")
+	case (c.TLSCert == "") != (c.TLSKey == ""):
+		return usage("--tls-cert and --tls-key go together")
+	case c.ClientCA != "" && c.TLSCert == "":
+		return usage("--client-ca needs --tls-cert and --tls-key")
+	case c.MaxRequestBytes <= 0 || c.MaxHeaderBytes <= 0 || c.MaxConcurrentStreams <= 0 || c.UpstreamQPS < 0 || c.UpstreamBurst < 0:
+		return usage("limits must be positive (--upstream-qps 0 disables the rate limit)")
+	}
+	return nil
+}

@@ -1,0 +1,139 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/imagerecords/imagerecords/upstream"
+)
+
+// Addrs are the addresses a running gateway bound.
+type Addrs struct {
+	API   string
+	Admin string // empty without Config.AdminListen
+}
+
+// Run runs the gateway of cfg until ctx is done, then shuts it down
+// gracefully (see [Gateway.Serve]). It writes JSON logs to stderr and, with
+// Config.Simulate, a banner for a new user to stdout; ready, when not nil,
+// learns the gateway and its bound addresses once it accepts connections. Telemetry
+// follows the OTEL_* environment; credentials come from the standard
+// Alibaba Cloud chain, or from the simulator. SIGHUP reloads what is
+// reloadable ([Gateway.Reload]). It returns nil after a clean shutdown.
+func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer, ready func(*Gateway, Addrs)) error {
+	logger := NewLogger(stderr, cfg.LogLevel)
+	tel, err := NewTelemetry(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Flush what is buffered (the last spans of drained streams).
+		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(flushCtx); err != nil {
+			logger.Warn("telemetry flush failed", slog.String("error", err.Error()))
+		}
+	}()
+
+	var creds upstream.CredentialsProvider
+	var sim *simulation
+	describe := cfg.UpstreamEndpoint
+	if cfg.Simulate {
+		if sim, err = startSimulation(cfg.SimulateSeed, cfg.SimulateFaults, logger); err != nil {
+			return err
+		}
+		defer sim.close()
+		creds, describe = sim.credentials, "simulator "+sim.endpoint
+		cfg.UpstreamEndpoint = sim.endpoint
+	} else {
+		lib, err := upstream.DefaultCredentials()
+		if err != nil {
+			return err
+		}
+		creds = lib
+	}
+	if describe == "" {
+		describe = "https://ecd.<region>.aliyuncs.com"
+	}
+	g, err := New(cfg, NewUpstream(cfg, creds, logger, tel), logger, tel)
+	if err != nil {
+		return err
+	}
+	stopReload := reloadOnSIGHUP(g)
+	defer stopReload()
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
+	}
+	addrs := Addrs{API: ln.Addr().String()}
+	var adminLn net.Listener
+	if cfg.AdminListen != "" {
+		if adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+			ln.Close()
+			return fmt.Errorf("listening on %s: %w", cfg.AdminListen, err)
+		}
+		addrs.Admin = adminLn.Addr().String()
+	}
+	logger.Info("serving", slog.String("addr", addrs.API), slog.String("admin_addr", addrs.Admin),
+		slog.String("signature", string(cfg.Signature)), slog.String("upstream", describe),
+		slog.String("version", Version()))
+	if sim != nil {
+		sim.printBanner(stdout, addrs.API)
+	}
+	if ready != nil {
+		ready(g, addrs)
+	}
+	return g.Serve(ctx, ln, adminLn)
+}
+
+// NewUpstream returns the upstream client of cfg, signing with creds: the
+// one place where Config becomes client options, for the daemon, the
+// benchmark and the tests alike. extra options come last; tests use them
+// for what no flag sets (a transport with injected faults, say).
+func NewUpstream(cfg Config, creds upstream.CredentialsProvider, logger *slog.Logger, tel *Telemetry, extra ...upstream.Option) *upstream.Client {
+	opts := []upstream.Option{
+		upstream.WithSignatureVersion(cfg.Signature),
+		upstream.WithLogger(logger),
+		upstream.WithTracerProvider(tel.TracerProvider),
+		upstream.WithMeterProvider(tel.MeterProvider),
+		upstream.WithRateLimit(cfg.UpstreamQPS, cfg.UpstreamBurst),
+		upstream.WithAttemptTimeout(cfg.UpstreamAttemptTimeout),
+	}
+	if cfg.UpstreamEndpoint != "" {
+		opts = append(opts, upstream.WithEndpoint(cfg.UpstreamEndpoint))
+	}
+	return upstream.NewClient(creds, append(opts, extra...)...)
+}
+
+// reloadOnSIGHUP calls g.Reload on every SIGHUP until the returned stop is
+// called. A SIGHUP is never fatal while the gateway runs.
+func reloadOnSIGHUP(g *Gateway) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			select {
+			case <-done:
+				return
+			case <-hup:
+				_ = g.Reload() // Reload logs what it did
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		close(done)
+		<-finished
+	}
+}
