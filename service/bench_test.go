@@ -81,8 +81,7 @@ func (a *benchAPI) DescribeImageModifiedRecords(_ context.Context, in upstream.D
 	if in.NextToken != "" {
 		i, _ = strconv.Atoi(in.NextToken[1:])
 	}
-	p := *a.pages[i] // a copy: callers set Token on it
-	p.Token = in.NextToken
+	p := *a.pages[i] // a copy: Pages sets Resume on it and cuts Records
 	return &p, nil
 }
 

@@ -38,15 +38,14 @@ func (s *Service) toConnectError(ctx context.Context, err error) error {
 		}
 		return connect.NewError(connect.CodeCanceled, errors.New("request canceled"))
 	}
-	var apiErr *upstream.APIError
-	var pageErr *upstream.PaginationError
-	switch {
-	case errors.As(err, &apiErr):
+	if apiErr, ok := errors.AsType[*upstream.APIError](err); ok {
 		return s.fromAPIError(ctx, apiErr)
-	case errors.As(err, &pageErr):
+	}
+	switch {
+	case isType[*upstream.PaginationError](err):
 		s.logger.LogAttrs(ctx, slog.LevelError, "upstream pagination broken", slog.String("error", err.Error()))
 		return withInfo(connect.NewError(connect.CodeInternal, err), GatewayErrorDomain, "UPSTREAM_TOKEN_REPEATED", nil)
-	case errors.As(err, new(*upstream.EmptyPagesError)):
+	case isType[*upstream.EmptyPagesError](err):
 		s.logger.LogAttrs(ctx, slog.LevelError, "upstream pagination broken", slog.String("error", err.Error()))
 		return withInfo(connect.NewError(connect.CodeInternal, err), GatewayErrorDomain, "UPSTREAM_EMPTY_PAGES", nil)
 	case errors.Is(err, upstream.ErrMalformedResponse):
@@ -102,6 +101,12 @@ func (s *Service) fromAPIError(ctx context.Context, e *upstream.APIError) error 
 		cerr = connect.NewError(connect.CodeInternal, errors.New("unexpected upstream error ("+reason+")"))
 	}
 	return withInfo(cerr, ErrorDomain, reason, meta)
+}
+
+// isType reports whether err's chain holds an error of type E.
+func isType[E error](err error) bool {
+	_, ok := errors.AsType[E](err)
+	return ok
 }
 
 func withInfo(cerr *connect.Error, domain, reason string, meta map[string]string) *connect.Error {

@@ -12,8 +12,8 @@ import (
 // FuzzDecodeToken decodes arbitrary page tokens and encodes arbitrary
 // positions. decodeToken must never panic and fail only with its two
 // errors; a token longer than maxTokenLength never decodes; a token that
-// decodes is exactly encodeToken's spelling of its position (one token per
-// position); every position encodes to a URL-safe token that decodes back
+// decodes is exactly encodeToken's spelling of its upstream.Cursor (one token per
+// upstream.Cursor); every upstream.Cursor encodes to a URL-safe token that decodes back
 // to it, within the length limit for any upstream token the client
 // accepts; and a token made for one desktop or region never decodes for
 // another (barring a collision of the 32-bit binding, which the test
@@ -21,15 +21,15 @@ import (
 // authentication).
 func FuzzDecodeToken(f *testing.F) {
 	f.Add("cn-hangzhou", "ecd-abc", "", "ecd-other", "", uint32(0))
-	f.Add("cn-hangzhou", "ecd-abc", encodeToken("cn-hangzhou", "ecd-abc", position{upstreamToken: "a+b/c=", skip: 57}), "ecd-other", "AAAAAV3MpHK1AP0pfERHZN5pu6l3d+SWeOobbIlDLjwhjkTk", uint32(3))
-	f.Add("cn-hangzhou", "ecd-abc", encodeToken("cn-hangzhou", "ecd-abc", position{skip: 3}), "ecd-abd", "", uint32(99))
-	f.Add("cn-hangzhou", "ecd-abc", encodeToken("cn-hangzhou", "ecd-other", position{upstreamToken: "x"}), "ecd-other", "x", uint32(0))
+	f.Add("cn-hangzhou", "ecd-abc", encodeToken("cn-hangzhou", "ecd-abc", upstream.Cursor{Token: "a+b/c=", Skip: 57}), "ecd-other", "AAAAAV3MpHK1AP0pfERHZN5pu6l3d+SWeOobbIlDLjwhjkTk", uint32(3))
+	f.Add("cn-hangzhou", "ecd-abc", encodeToken("cn-hangzhou", "ecd-abc", upstream.Cursor{Skip: 3}), "ecd-abd", "", uint32(99))
+	f.Add("cn-hangzhou", "ecd-abc", encodeToken("cn-hangzhou", "ecd-other", upstream.Cursor{Token: "x"}), "ecd-other", "x", uint32(0))
 	f.Add("cn-hangzhou", "ecd-abc", "junk!", "ecd-other", "\xff\x00", uint32(1<<20))
 	f.Add("cn-hangzhou", "ecd-abc", "AQ", "", strings.Repeat("t", upstream.MaxNextTokenLength), uint32(1<<20-1))
 	f.Add("cn-hangzhou", "ecd-abc", strings.Repeat("A", maxTokenLength+1), "ecd-other", "", uint32(0))
 	// Non-canonical spellings of a valid token: padding bits, a line
 	// break, an overlong varint.
-	valid := encodeToken("cn-hangzhou", "ecd-abc", position{upstreamToken: "T", skip: 1})
+	valid := encodeToken("cn-hangzhou", "ecd-abc", upstream.Cursor{Token: "T", Skip: 1})
 	f.Add("cn-hangzhou", "ecd-abc", valid[:len(valid)-1]+"B", "ecd-other", "", uint32(0))
 	f.Add("cn-hangzhou", "ecd-abc", valid[:4]+"\n"+valid[4:], "ecd-other", "", uint32(0))
 	overlong := append([]byte{tokenVersion}, binary.BigEndian.AppendUint32(nil, binding("cn-hangzhou", "ecd-abc"))...)
@@ -43,23 +43,23 @@ func FuzzDecodeToken(f *testing.F) {
 		case err != nil && err != errTokenMalformed && err != errTokenOtherDesk:
 			t.Fatalf("decodeToken(%q) failed with %v, want one of its two errors", token, err)
 		case err != nil:
-			if p != (position{}) {
+			if p != (upstream.Cursor{}) {
 				t.Fatalf("decodeToken(%q) = %+v together with %v", token, p, err)
 			}
 		case token == "":
-			if p != (position{}) {
+			if p != (upstream.Cursor{}) {
 				t.Fatalf(`decodeToken("") = %+v, want the start`, p)
 			}
 		default:
 			if len(token) > maxTokenLength {
 				t.Fatalf("a token of %d characters decoded, limit %d", len(token), maxTokenLength)
 			}
-			if p.skip < 0 || p.skip >= maxSkip || p.upstreamToken == "" && p.skip == 0 {
-				t.Fatalf("decodeToken(%q) = %+v, a position encodeToken never makes", token, p)
+			if p.Skip < 0 || p.Skip >= maxSkip || p.Token == "" && p.Skip == 0 {
+				t.Fatalf("decodeToken(%q) = %+v, a upstream.Cursor encodeToken never makes", token, p)
 			}
 			again := encodeToken(region, desktop, p)
 			if again != token {
-				t.Fatalf("decodeToken(%q) = %+v, which encodes as %q: more than one token per position", token, p, again)
+				t.Fatalf("decodeToken(%q) = %+v, which encodes as %q: more than one token per upstream.Cursor", token, p, again)
 			}
 			if p2, err := decodeToken(region, desktop, again); err != nil || p2 != p {
 				t.Fatalf("re-encoded %q decodes to %+v, %v; want %+v", again, p2, err, p)
@@ -71,9 +71,9 @@ func FuzzDecodeToken(f *testing.F) {
 		}
 
 		// Encoding arbitrary positions.
-		want := position{upstreamToken: up, skip: int(skip % maxSkip)}
+		want := upstream.Cursor{Token: up, Skip: int(skip % maxSkip)}
 		tok := encodeToken(region, desktop, want)
-		if want == (position{}) {
+		if want == (upstream.Cursor{}) {
 			if tok != "" {
 				t.Fatalf("the start encodes as %q, want empty", tok)
 			}

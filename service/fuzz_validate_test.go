@@ -58,15 +58,15 @@ func FuzzValidateRequest(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, stream bool, region, desktop string, pageSize int32, maxRecords int64, mode uint8, upToken string, skip uint32, rawToken string) {
 		var token string
-		var want position // what a tokenValid token carries
+		var want upstream.Cursor // what a tokenValid token carries
 		switch mode % tokenModes {
 		case tokenRaw:
 			token = rawToken
 		case tokenValid:
-			want = position{upstreamToken: upToken, skip: int(skip % maxSkip)}
+			want = upstream.Cursor{Token: upToken, Skip: int(skip % maxSkip)}
 			token = encodeToken(region, desktop, want)
 		case tokenOtherDesk:
-			token = encodeToken(region, desktop+"0", position{upstreamToken: upToken, skip: int(skip % maxSkip)})
+			token = encodeToken(region, desktop+"0", upstream.Cursor{Token: upToken, Skip: int(skip % maxSkip)})
 		}
 
 		api := &recordingAPI{}
@@ -119,8 +119,8 @@ func FuzzValidateRequest(f *testing.F) {
 			if len(api.inputs) != 0 {
 				t.Fatalf("refused with %v, yet the upstream was called with %+v", err, api.inputs)
 			}
-			var cerr *connect.Error
-			if !errors.As(err, &cerr) {
+			cerr, ok := errors.AsType[*connect.Error](err)
+			if !ok {
 				t.Fatalf("error %v is not a *connect.Error", err)
 			}
 			var br *errdetails.BadRequest
@@ -190,15 +190,15 @@ func FuzzValidateRequest(f *testing.F) {
 				t.Errorf("region %q reached the upstream, but cannot be a host-name label", in.RegionID)
 			}
 			if mode%tokenModes == tokenValid && tokenChecked {
-				if in.NextToken != want.upstreamToken {
-					t.Errorf("upstream NextToken %q, want the token's %q", in.NextToken, want.upstreamToken)
+				if in.NextToken != want.Token {
+					t.Errorf("upstream NextToken %q, want the token's %q", in.NextToken, want.Token)
 				}
 				size := int(pageSize)
 				if size == 0 {
 					size = upstream.DefaultPageSize
 				}
-				if !stream && in.MaxResults != min(size+want.skip, upstream.MaxPageSize) {
-					t.Errorf("MaxResults %d, want min(page_size %d + skip %d, 100)", in.MaxResults, size, want.skip)
+				if !stream && in.MaxResults != min(size+want.Skip, upstream.MaxPageSize) {
+					t.Errorf("MaxResults %d, want min(page_size %d + skip %d, 100)", in.MaxResults, size, want.Skip)
 				}
 			}
 			if mode%tokenModes == tokenNone && in.NextToken != "" {

@@ -6,6 +6,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -21,8 +22,8 @@ type instruments struct {
 }
 
 var (
-	methodList   = metric.WithAttributeSet(attribute.NewSet(attribute.String("rpc.method", "ListImageModifiedRecords")))
-	methodStream = metric.WithAttributeSet(attribute.NewSet(attribute.String("rpc.method", "StreamImageModifiedRecords")))
+	methodList   = metric.WithAttributeSet(attribute.NewSet(semconv.RPCMethod("ListImageModifiedRecords")))
+	methodStream = metric.WithAttributeSet(attribute.NewSet(semconv.RPCMethod("StreamImageModifiedRecords")))
 )
 
 func newInstruments(mp metric.MeterProvider) instruments {
@@ -49,5 +50,5 @@ func defaultMeterProvider() metric.MeterProvider { return otel.GetMeterProvider(
 
 // annotate puts the request's desktop on the server span.
 func annotate(ctx context.Context, region, desktop string) {
-	trace.SpanFromContext(ctx).SetAttributes(attribute.String("cloud.region", region), attribute.String("ecd.desktop_id", desktop))
+	trace.SpanFromContext(ctx).SetAttributes(semconv.CloudRegion(region), attribute.String("ecd.desktop_id", desktop))
 }

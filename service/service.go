@@ -2,8 +2,8 @@ package service
 
 import (
 	"context"
+	"errors"
 	"log/slog"
-	"math"
 
 	"connectrpc.com/connect"
 	"go.opentelemetry.io/otel/metric"
@@ -42,45 +42,36 @@ func New(api upstream.API, opts ...Option) *Service {
 }
 
 // ListImageModifiedRecords returns one page of up to page_size records.
+// A page_token from a stream cut by max_records points into an upstream
+// page: the call asks for the records before the position too, and
+// upstream.Pages leaves them out.
 func (s *Service) ListImageModifiedRecords(ctx context.Context, req *connect.Request[imagerecordsv1.ListImageModifiedRecordsRequest]) (*connect.Response[imagerecordsv1.ListImageModifiedRecordsResponse], error) {
 	msg := req.Msg
+	region, desktop := msg.GetRegionId(), msg.GetDesktopId()
 	var v violations
-	v.checkDesktop(msg.GetRegionId(), msg.GetDesktopId())
+	v.checkDesktop(region, desktop)
 	pageSize := checkPageSize(&v, msg.GetPageSize())
-	pos := v.checkToken(msg.GetRegionId(), msg.GetDesktopId(), msg.GetPageToken())
+	pos := v.checkToken(region, desktop, msg.GetPageToken())
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	annotate(ctx, msg.GetRegionId(), msg.GetDesktopId())
-	// A token from a stream cut by max_records points into an upstream
-	// page: ask for the records already delivered too, and drop them.
-	in := upstream.DescribeInput{
-		RegionID:   msg.GetRegionId(),
-		DesktopID:  msg.GetDesktopId(),
-		MaxResults: min(pageSize+pos.skip, upstream.MaxPageSize),
-		NextToken:  pos.upstreamToken,
+	annotate(ctx, region, desktop)
+	in := upstream.DescribeInput{RegionID: region, DesktopID: desktop, NextToken: pos.Token}
+	for page, err := range upstream.Pages(ctx, s.api, in,
+		upstream.PageSize(pageSize+pos.Skip), upstream.Skip(pos.Skip), upstream.Limit(pageSize)) {
+		if err != nil {
+			return nil, s.toConnectError(ctx, err)
+		}
+		s.metrics.pages.Add(ctx, 1, methodList)
+		s.metrics.records.Add(ctx, int64(len(page.Records)), methodList)
+		return connect.NewResponse(&imagerecordsv1.ListImageModifiedRecordsResponse{
+			Records:       convertRecords(page.Records),
+			NextPageToken: encodeToken(region, desktop, page.Resume),
+			TotalCount:    int32(page.TotalCount),
+			RequestId:     page.RequestID,
+		}), nil // one upstream call: the first page is the answer
 	}
-	page, err := s.api.DescribeImageModifiedRecords(ctx, in)
-	if err != nil {
-		return nil, s.toConnectError(ctx, err)
-	}
-	if page.NextToken != "" && page.NextToken == pos.upstreamToken {
-		return nil, s.toConnectError(ctx, &upstream.PaginationError{Page: 2, FirstSeen: 1})
-	}
-	records := page.Records[min(pos.skip, len(page.Records)):]
-	next := position{upstreamToken: page.NextToken}
-	if len(records) > pageSize { // the upstream sent more than asked
-		records = records[:pageSize]
-		next = position{upstreamToken: pos.upstreamToken, skip: pos.skip + pageSize}
-	}
-	s.metrics.pages.Add(ctx, 1, methodList)
-	s.metrics.records.Add(ctx, int64(len(records)), methodList)
-	return connect.NewResponse(&imagerecordsv1.ListImageModifiedRecordsResponse{
-		Records:       convertRecords(records),
-		NextPageToken: encodeToken(in.RegionID, in.DesktopID, next),
-		TotalCount:    int32(page.TotalCount),
-		RequestId:     page.RequestID,
-	}), nil
+	return nil, connect.NewError(connect.CodeInternal, errors.New("no upstream page")) // Pages yields at least once
 }
 
 // StreamImageModifiedRecords sends every record of a desktop, one message per
@@ -94,9 +85,7 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 	region, desktop := msg.GetRegionId(), msg.GetDesktopId()
 	var v violations
 	v.checkDesktop(region, desktop)
-	if msg.GetMaxRecords() < 0 {
-		v.add("max_records", "must not be negative (0 streams every record)")
-	}
+	limit := checkMaxRecords(&v, msg.GetMaxRecords())
 	pos := v.checkToken(region, desktop, msg.GetPageToken())
 	if err := v.err(); err != nil {
 		return err
@@ -104,33 +93,14 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 	annotate(ctx, region, desktop)
 	s.metrics.activeStreams.Add(ctx, 1)
 	defer s.metrics.activeStreams.Add(context.WithoutCancel(ctx), -1)
-	remaining := msg.GetMaxRecords() // 0: unlimited
-	skip := pos.skip
-	in := upstream.DescribeInput{RegionID: region, DesktopID: desktop, NextToken: pos.upstreamToken}
-	paging := []upstream.PagesOption{upstream.Prefetch()}
-	if remaining > 0 { // the records to skip come out of the first page
-		paging = append(paging, upstream.Limit(int(min(remaining+int64(skip), math.MaxInt32))))
-	}
-	for page, err := range upstream.Pages(ctx, s.api, in, paging...) {
+	in := upstream.DescribeInput{RegionID: region, DesktopID: desktop, NextToken: pos.Token}
+	for page, err := range upstream.Pages(ctx, s.api, in, upstream.Skip(pos.Skip), upstream.Limit(limit), upstream.Prefetch()) {
 		if err != nil {
 			return s.toConnectError(ctx, err)
 		}
-		delivered := min(skip, len(page.Records)) // of this page, by an earlier stream
-		records := page.Records[delivered:]
-		skip = 0
-		resume := position{upstreamToken: page.NextToken}
-		done := page.NextToken == ""
-		if remaining > 0 && int64(len(records)) >= remaining {
-			if int64(len(records)) > remaining {
-				records = records[:remaining]
-				resume = position{upstreamToken: page.Token, skip: delivered + int(remaining)}
-			}
-			done = true
-		}
-		remaining -= int64(len(records))
 		out := &imagerecordsv1.StreamImageModifiedRecordsResponse{
-			Records:     convertRecords(records),
-			ResumeToken: encodeToken(region, desktop, resume), // "" when nothing follows
+			Records:     convertRecords(page.Records),
+			ResumeToken: encodeToken(region, desktop, page.Resume), // "" when nothing follows
 			TotalCount:  int32(page.TotalCount),
 			RequestId:   page.RequestID,
 		}
@@ -141,10 +111,7 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 			return err
 		}
 		s.metrics.pages.Add(ctx, 1, methodStream)
-		s.metrics.records.Add(ctx, int64(len(records)), methodStream)
-		if done {
-			return nil
-		}
+		s.metrics.records.Add(ctx, int64(len(page.Records)), methodStream)
 	}
 	return nil
 }

@@ -189,8 +189,7 @@ func TestUpstreamErrorsMapToCodes(t *testing.T) {
 			if tc.noMessage && (strings.Contains(err.Error(), "STS.secret") || strings.Contains(err.Error(), "string to sign")) {
 				t.Errorf("the caller sees the upstream message: %v", err)
 			}
-			var cerr *connect.Error
-			errors.As(err, &cerr)
+			cerr, _ := errors.AsType[*connect.Error](err)
 			var info *errdetails.ErrorInfo
 			var retry *errdetails.RetryInfo
 			for _, d := range cerr.Details() {

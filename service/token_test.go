@@ -3,15 +3,17 @@ package service
 import (
 	"strings"
 	"testing"
+
+	"github.com/imagerecords/imagerecords/upstream"
 )
 
 func TestTokenRoundTrip(t *testing.T) {
 	t.Parallel()
-	testCases := []position{
-		{upstreamToken: "AAAAAV3MpHK1AP0pfERHZN5pu6l3d+SWeOobbIlDLjwhjkTk"},
-		{upstreamToken: "a+b/c=", skip: 57},
-		{skip: 3}, // cut inside the first page
-		{upstreamToken: strings.Repeat("x", 1000), skip: 99},
+	testCases := []upstream.Cursor{
+		{Token: "AAAAAV3MpHK1AP0pfERHZN5pu6l3d+SWeOobbIlDLjwhjkTk"},
+		{Token: "a+b/c=", Skip: 57},
+		{Skip: 3}, // cut inside the first page
+		{Token: strings.Repeat("x", 1000), Skip: 99},
 	}
 	for _, p := range testCases {
 		tok := encodeToken("cn-hangzhou", "ecd-abc", p)
@@ -29,7 +31,7 @@ func TestTokenRoundTrip(t *testing.T) {
 			t.Errorf("another region accepted the token: %v", err)
 		}
 	}
-	if tok := encodeToken("cn-hangzhou", "ecd-abc", position{}); tok != "" {
+	if tok := encodeToken("cn-hangzhou", "ecd-abc", upstream.Cursor{}); tok != "" {
 		t.Errorf("the start encodes as %q, want empty", tok)
 	}
 }

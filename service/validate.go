@@ -2,6 +2,7 @@ package service
 
 import (
 	"errors"
+	"math"
 	"regexp"
 
 	"connectrpc.com/connect"
@@ -10,22 +11,8 @@ import (
 	"github.com/imagerecords/imagerecords/upstream"
 )
 
-var (
-	// regionPattern matches Alibaba Cloud region ids such as cn-hangzhou,
-	// ap-southeast-1 and cn-shanghai-finance-1. It allows up to 112 bytes;
-	// maxRegionLength bounds them further.
-	regionPattern = regexp.MustCompile(`^[a-z]{2,12}(-[a-z0-9]{1,24}){1,4}$`)
-	// desktopPattern matches ECD desktop ids such as ecd-bd53sfmysz8ir0001.
-	desktopPattern = regexp.MustCompile(`^ecd-[0-9a-z]{1,60}$`)
-)
-
-// maxRegionLength bounds a region id: it becomes one DNS label of the
-// endpoint host (ecd.<region>.aliyuncs.com), at most 63 bytes, and the
-// upstream client refuses longer ones before any call. Without this bound
-// such a region passed validation and then failed in the client, which
-// the caller saw as an unreachable upstream (Unavailable, retry advised)
-// instead of InvalidArgument.
-const maxRegionLength = 63
+// desktopPattern matches ECD desktop ids such as ecd-bd53sfmysz8ir0001.
+var desktopPattern = regexp.MustCompile(`^ecd-[0-9a-z]{1,60}$`)
 
 // violations collects what is wrong with a request before any upstream
 // call, so the caller learns about every bad field at once.
@@ -39,7 +26,7 @@ func (v *violations) checkDesktop(region, desktop string) {
 	switch {
 	case region == "":
 		v.add("region_id", "required, e.g. cn-hangzhou")
-	case len(region) > maxRegionLength || !regionPattern.MatchString(region):
+	case !upstream.ValidRegion(region):
 		v.add("region_id", "must be an Alibaba Cloud region id such as cn-hangzhou")
 	}
 	switch {
@@ -54,10 +41,10 @@ func (v *violations) checkDesktop(region, desktop string) {
 // (a token is bound to them, so it cannot be judged without them). Other
 // bad fields do not stop it: the caller learns about every bad field at
 // once.
-func (v *violations) checkToken(region, desktop, token string) position {
+func (v *violations) checkToken(region, desktop, token string) upstream.Cursor {
 	for _, fv := range *v {
 		if f := fv.GetField(); f == "region_id" || f == "desktop_id" {
-			return position{}
+			return upstream.Cursor{}
 		}
 	}
 	p, err := decodeToken(region, desktop, token)
@@ -80,6 +67,15 @@ func (v violations) err() error {
 		cerr.AddDetail(d)
 	}
 	return cerr
+}
+
+// checkMaxRecords returns max_records as a record limit (0: none).
+func checkMaxRecords(v *violations, n int64) int {
+	if n < 0 {
+		v.add("max_records", "must not be negative (0 streams every record)")
+		return 0
+	}
+	return int(min(n, math.MaxInt32))
 }
 
 func checkPageSize(v *violations, size int32) int {

@@ -10,15 +10,15 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 )
@@ -49,8 +49,6 @@ type DescribeInput struct {
 
 // Page is one DescribeImageModifiedRecords answer.
 type Page struct {
-	// Token is the NextToken that requested this page (empty for the first).
-	Token string
 	// RequestID is the upstream RequestId.
 	RequestID string
 	// TotalCount is the desktop's number of records, as the upstream counts.
@@ -59,6 +57,18 @@ type Page struct {
 	NextToken string
 	// Records are the page's image changes in upstream order.
 	Records []Record
+	// Resume is set by [Pages] only: where a new sequence continues right
+	// after this page's Records; the zero Cursor when nothing follows.
+	Resume Cursor
+}
+
+// A Cursor is a position in a desktop's records: the NextToken of an
+// upstream page (empty for the first page) and how many records of that
+// page come before the position. A Skip lets a sequence cut by a record
+// limit resume in the middle of an upstream page.
+type Cursor struct {
+	Token string
+	Skip  int
 }
 
 // Record is one image change.
@@ -95,6 +105,7 @@ type Client struct {
 	now              func() time.Time
 	logger           *slog.Logger
 	tracerProvider   trace.TracerProvider
+	tracer           trace.Tracer
 	meterProvider    metric.MeterProvider
 	metrics          instruments
 	limiter          *rate.Limiter
@@ -113,8 +124,7 @@ func WithEndpoint(baseURL string) Option {
 }
 
 // WithTransport sets the transport that carries the upstream requests.
-// The client adds tracing and response decoding on top of it. Default:
-// [NewTransport].
+// Default: [NewTransport].
 func WithTransport(rt http.RoundTripper) Option {
 	return func(c *Client) { c.transport = rt }
 }
@@ -181,14 +191,10 @@ func NewClient(creds CredentialsProvider, opts ...Option) *Client {
 		c.transport = NewTransport()
 	}
 	c.metrics = newInstruments(c.meterProvider)
+	c.tracer = c.tracerProvider.Tracer(instrumentationName)
 	c.httpClient = &http.Client{
-		Transport: otelhttp.NewTransport(&answerTransport{base: c.transport, maxBytes: c.maxResponseBytes},
-			otelhttp.WithTracerProvider(c.tracerProvider),
-			otelhttp.WithMeterProvider(c.meterProvider),
-			// Trace context stays inside: the upstream is a third party.
-			otelhttp.WithPropagators(propagation.NewCompositeTextMapPropagator()),
-			otelhttp.WithSpanNameFormatter(func(string, *http.Request) string { return SpanName }),
-		),
+		// No trace context is sent: the upstream is a third party.
+		Transport: c.transport,
 		// A signed request is never replayed to another address.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
@@ -222,17 +228,20 @@ func (c *Client) Endpoint(region string) string {
 	return "https://ecd." + region + ".aliyuncs.com"
 }
 
-// DescribeImageModifiedRecords fetches one page, retrying transient failures
-// per the client's [RetryPolicy]. Errors are an [*APIError] for an upstream
-// error answer, [ErrMalformedResponse] for an answer that makes no sense,
-// [ErrNoCredentials], or a network or context error.
+// DescribeImageModifiedRecords fetches one page. A failed attempt is retried
+// when another may succeed ([RetryPolicy], [RetryBudget]): throttling,
+// transient upstream faults and network errors with backoff, a used nonce
+// or an expired STS token once at once; never once ctx is done or when
+// the wait would end past its deadline. Errors are an [*APIError] for an
+// upstream error answer, [ErrMalformedResponse] for an answer that makes
+// no sense, [ErrNoCredentials], or a network or context error.
 func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeInput) (*Page, error) {
 	if err := in.check(); err != nil {
 		return nil, err
 	}
 	stats := callStatsFrom(ctx)
 	c.budget.onCall()
-	onceOnly := 0 // retries granted to codes that deserve exactly one
+	retriedOnce := false // the one retry of a used nonce or an expired token
 	for attempt := 1; ; attempt++ {
 		if c.limiter != nil {
 			if err := c.limiter.Wait(ctx); err != nil {
@@ -245,10 +254,9 @@ func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeIn
 		}
 		if err == nil {
 			c.budget.onSuccess()
-			page.Token = in.NextToken
 			return page, nil
 		}
-		delay, retry := c.retry.decide(ctx, err, attempt, &onceOnly)
+		delay, retry := c.nextDelay(ctx, err, attempt, &retriedOnce)
 		if !retry {
 			if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
 				// The caller gave up while this attempt ended: say both.
@@ -261,7 +269,7 @@ func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeIn
 			return nil, err
 		}
 		code := errorCode(err)
-		c.metrics.retries.Add(ctx, 1, metric.WithAttributes(attribute.String("error.code", code)))
+		c.metrics.retries.Add(ctx, 1, metric.WithAttributes(semconv.ErrorTypeKey.String(code)))
 		if stats != nil {
 			stats.Retries.Add(1)
 		}
@@ -282,8 +290,34 @@ func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeIn
 	}
 }
 
+// nextDelay puts the retry pieces together for the attempt that failed
+// with err: whether to retry, and after how long.
+func (c *Client) nextDelay(ctx context.Context, err error, attempt int, retriedOnce *bool) (time.Duration, bool) {
+	class := classify(err)
+	if class == noRetry || attempt >= c.retry.MaxAttempts || ctx.Err() != nil {
+		return 0, false
+	}
+	if class == retryOnce {
+		if *retriedOnce {
+			return 0, false
+		}
+		*retriedOnce = true
+		return 0, true
+	}
+	delay := c.retry.Backoff(attempt)
+	if apiErr, ok := errors.AsType[*APIError](err); ok && class == retryThrottled {
+		if hint, ok := apiErr.ThrottlingHint(); ok {
+			if hint > c.retry.MaxDelay {
+				return 0, false // the caller learns the wait from RetryInfo
+			}
+			delay = max(delay, hint)
+		}
+	}
+	return delay, fitsDeadline(ctx, delay)
+}
+
 func (in DescribeInput) check() error {
-	if !validRegion(in.RegionID) {
+	if !ValidRegion(in.RegionID) {
 		return fmt.Errorf("invalid region id %q", in.RegionID)
 	}
 	if in.DesktopID == "" {
@@ -295,59 +329,78 @@ func (in DescribeInput) check() error {
 	return nil
 }
 
-// validRegion keeps the region, which becomes part of the endpoint's host
-// name, to lower-case letters, digits and dashes.
-func validRegion(r string) bool {
-	if r == "" || len(r) > 63 { // one DNS label
-		return false
-	}
-	for i := 0; i < len(r); i++ {
-		c := r[i]
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
+// ValidRegion reports whether r is an Alibaba Cloud region id such as
+// cn-hangzhou, ap-southeast-1 or cn-shanghai-finance-1: lower-case letters,
+// digits and dashes in that shape, at most 63 bytes. The region becomes one
+// DNS label of the endpoint's host name (ecd.<region>.aliyuncs.com), so
+// nothing else may reach it. The service validates callers' regions with
+// the same rule, so a region the client would refuse is the caller's
+// InvalidArgument, never an unreachable upstream.
+func ValidRegion(r string) bool {
+	return len(r) <= 63 && regionPattern.MatchString(r)
 }
 
+var regionPattern = regexp.MustCompile(`^[a-z]{2,12}(-[a-z0-9]{1,24}){1,4}$`)
+
+// attempt makes one signed call under its own client span and decodes the
+// answer while the span is open, so the span carries what only the body
+// tells (the upstream RequestId, the error code, the record count).
 func (c *Client) attempt(ctx context.Context, in DescribeInput, attempt int) (*Page, error) {
+	ctx, span := c.tracer.Start(ctx, SpanName, trace.WithSpanKind(trace.SpanKindClient))
+	defer span.End()
+	annotateRequest(span, in, attempt, pageNumberFrom(ctx))
+	start := time.Now()
+	page, status, err := c.roundTrip(ctx, in)
+	c.metrics.record(ctx, time.Since(start), err)
+	annotateAnswer(span, status, page, err)
+	return page, err
+}
+
+// roundTrip signs and sends one request and reads its answer, within the
+// attempt timeout. status is the HTTP status, 0 without an answer.
+func (c *Client) roundTrip(ctx context.Context, in DescribeInput) (_ *Page, status int, _ error) {
 	creds, err := c.credentials.Credentials(ctx)
 	if err != nil {
 		if !errors.Is(err, ErrNoCredentials) {
 			err = fmt.Errorf("%w: %w", ErrNoCredentials, err)
 		}
-		return nil, err
+		return nil, 0, err
 	}
 	if c.attemptTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, c.attemptTimeout, errAttemptTimeout)
 		defer cancel()
 	}
-	a := &answer{in: in, attempt: attempt, page: pageNumberFrom(ctx)}
-	req, err := c.newRequest(context.WithValue(ctx, answerKey{}, a), in, creds)
+	req, err := c.newRequest(ctx, in, creds)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	start := time.Now()
 	resp, err := c.httpClient.Do(req)
 	if err == nil {
-		resp.Body.Close() // answerTransport has read it
-		err = a.err
-	}
-	if err != nil && context.Cause(ctx) == errAttemptTimeout {
-		err = &networkError{err: fmt.Errorf("%w after %v", errAttemptTimeout, c.attemptTimeout)}
-	} else if err != nil && a.err == nil {
-		// The URL may carry request parameters: keep it out of the error.
-		if ue, ok := errors.AsType[*url.Error](err); ok {
-			err = fmt.Errorf("%s %s: %w", ue.Op, req.URL.Host, ue.Err)
+		var page *Page
+		page, err = readAnswer(resp, c.maxResponseBytes)
+		resp.Body.Close()
+		if err == nil || !isNetworkError(err) {
+			return page, resp.StatusCode, err
 		}
-		err = &networkError{err: err}
+		status = resp.StatusCode
 	}
-	c.metrics.record(ctx, time.Since(start), err)
-	if err != nil {
-		return nil, err
+	if context.Cause(ctx) == errAttemptTimeout {
+		return nil, status, &networkError{err: fmt.Errorf("%w after %v", errAttemptTimeout, c.attemptTimeout)}
 	}
-	return a.result, nil
+	if _, ok := errors.AsType[*networkError](err); ok {
+		return nil, status, err
+	}
+	// The URL may carry request parameters: keep it out of the error.
+	if ue, ok := errors.AsType[*url.Error](err); ok {
+		err = fmt.Errorf("%s %s: %w", ue.Op, req.URL.Host, ue.Err)
+	}
+	return nil, status, &networkError{err: err}
+}
+
+func isNetworkError(err error) bool {
+	_, ok := errors.AsType[*networkError](err)
+	return ok
 }
 
 // networkError marks a failure to get an answer at all; it is retried.

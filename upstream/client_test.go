@@ -171,8 +171,8 @@ func TestClientSimulatorAcceptsSignedRequests(t *testing.T) {
 			if page.NextToken == "" {
 				t.Error("NextToken is empty on the first of 13 pages")
 			}
-			if page.Token != "" {
-				t.Errorf("Token = %q, want empty for the first page", page.Token)
+			if page.Resume != (upstream.Cursor{}) {
+				t.Errorf("Resume = %+v from the client; only Pages sets it", page.Resume)
 			}
 			if len(page.Records) != 100 {
 				t.Fatalf("got %d records, want 100", len(page.Records))
@@ -188,9 +188,6 @@ func TestClientSimulatorAcceptsSignedRequests(t *testing.T) {
 			page2, err := client.DescribeImageModifiedRecords(t.Context(), in)
 			if err != nil {
 				t.Fatalf("second page: %v", err)
-			}
-			if page2.Token != in.NextToken {
-				t.Errorf("second page Token = %q, want %q", page2.Token, in.NextToken)
 			}
 			if len(page2.Records) != 100 {
 				t.Fatalf("second page: got %d records, want 100", len(page2.Records))
@@ -320,29 +317,28 @@ func TestClientSimulatorPagesWholeDesktop(t *testing.T) {
 				upstream.WithSignatureVersion(tc.version),
 				upstream.WithRetryPolicy(fastRetry(1)))
 
-			pages, records := 0, 0
-			prevNext := ""
+			pages, records, lastNext := 0, 0, "unset"
 			for page, err := range upstream.Pages(t.Context(), client,
 				upstream.DescribeInput{RegionID: testRegion, DesktopID: desktop, MaxResults: 10}) {
 				if err != nil {
 					t.Fatalf("page %d: %v", pages+1, err)
 				}
 				pages++
-				if page.Token != prevNext {
-					t.Errorf("page %d: Token = %q, want the previous NextToken %q", pages, page.Token, prevNext)
+				if want := (upstream.Cursor{Token: page.NextToken}); page.Resume != want {
+					t.Errorf("page %d: Resume = %+v, want %+v", pages, page.Resume, want)
 				}
 				if page.TotalCount != 1234 {
 					t.Errorf("page %d: TotalCount = %d, want 1234", pages, page.TotalCount)
 				}
 				checkRecords(t, sim, desktop, records, page.Records)
 				records += len(page.Records)
-				prevNext = page.NextToken
+				lastNext = page.NextToken
 			}
 			if pages != 13 || records != 1234 {
 				t.Errorf("got %d pages, %d records; want 13 pages, 1234 records", pages, records)
 			}
-			if prevNext != "" {
-				t.Errorf("last page NextToken = %q, want empty", prevNext)
+			if lastNext != "" {
+				t.Errorf("last page NextToken = %q, want empty", lastNext)
 			}
 			if got := sim.DesktopCalls(desktop); got != 13 {
 				t.Errorf("DesktopCalls = %d, want 13", got)

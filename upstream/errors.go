@@ -109,18 +109,6 @@ func (e *APIError) Kind() Kind {
 	return KindUnknown
 }
 
-// retryable reports whether another attempt may succeed: throttling,
-// transient upstream faults, a used nonce (the next attempt has a fresh
-// one) and an expired STS token (every attempt fetches credentials anew,
-// and the credentials library refreshes expiring ones).
-func (e *APIError) retryable() bool {
-	switch e.Kind() {
-	case KindThrottled, KindUnavailable:
-		return true
-	}
-	return e.Code == "SignatureNonceUsed" || strings.HasPrefix(e.Code, "InvalidSecurityToken.Expired")
-}
-
 // ErrMalformedResponse reports an upstream answer that could not be
 // understood: not JSON, wrong types, impossible values.
 var ErrMalformedResponse = errors.New("malformed upstream response")

@@ -103,8 +103,8 @@ func checkPageBounds(t *testing.T, p *upstream.Page) {
 	if len(p.NextToken) > upstream.MaxNextTokenLength {
 		t.Errorf("NextToken of %d bytes", len(p.NextToken))
 	}
-	if p.Token != "" {
-		t.Errorf("Token %q set by decoding", p.Token)
+	if p.Resume != (upstream.Cursor{}) {
+		t.Errorf("Resume %+v set by decoding", p.Resume)
 	}
 	for _, s := range []string{p.RequestID, p.NextToken} {
 		if !utf8.ValidString(s) {
@@ -161,7 +161,7 @@ func encodeUpstream(t *testing.T, p *upstream.Page) []byte {
 }
 
 func samePage(a, b *upstream.Page) bool {
-	if a.RequestID != b.RequestID || a.TotalCount != b.TotalCount || a.NextToken != b.NextToken || a.Token != b.Token || len(a.Records) != len(b.Records) {
+	if a.RequestID != b.RequestID || a.TotalCount != b.TotalCount || a.NextToken != b.NextToken || a.Resume != b.Resume || len(a.Records) != len(b.Records) {
 		return false
 	}
 	for i := range a.Records {

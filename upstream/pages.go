@@ -34,18 +34,27 @@ func (e *EmptyPagesError) Is(target error) bool { return target == ErrMalformedR
 
 // Pages pages through a desktop's records from in.NextToken on, always asking
 // for [MaxPageSize] records per call so a stream costs the fewest round
-// trips. By default it fetches the next page only when the consumer asks
-// for it; with [Prefetch] it fetches it while the consumer handles the
-// current one. Either way a consumer that stops (breaks out of the range
-// loop) stops the fetching at once, and at most two pages are in memory.
+// trips ([PageSize] changes that). By default it fetches the next page only
+// when the consumer asks for it; with [Prefetch] it fetches it while the
+// consumer handles the current one. Either way a consumer that stops
+// (breaks out of the range loop) stops the fetching at once, and at most
+// two pages are in memory.
 //
-// It ends after the page with an empty NextToken, or with an error. A
-// NextToken that was seen before (a token that does not advance, or a cycle
-// A→B→A) ends it with a [*PaginationError] instead of looping forever, and
-// more than [MaxEmptyPages] pages in a row without records but with a
-// NextToken end it with an [*EmptyPagesError]. The page that broke either
-// rule is not yielded, so a consumer that resumes from the last token it
-// received neither loses nor repeats records.
+// [Skip] and [Limit] cut the sequence to a window of records: a yielded
+// page's Records are exactly the records of the window it holds, and its
+// Resume cursor says where a new sequence continues after them, so a
+// consumer that hands out Resume as a token loses and repeats nothing,
+// even when a limit cuts an upstream page in half. Both are counted here
+// and nowhere else.
+//
+// It ends after the page with an empty NextToken, after the page that
+// reaches the limit, or with an error. A NextToken that was seen before (a
+// token that does not advance, or a cycle A→B→A, the start token included)
+// ends it with a [*PaginationError] instead of looping forever, and more
+// than [MaxEmptyPages] pages in a row without records but with a NextToken
+// end it with an [*EmptyPagesError]. The page that broke either rule is not
+// yielded, so a consumer that resumes from the last Resume it received
+// neither loses nor repeats records.
 //
 // What Pages tolerates, on purpose:
 //   - TotalCount changing from page to page: records can be added (or
@@ -56,18 +65,21 @@ func (e *EmptyPagesError) Is(target error) bool { return target == ErrMalformedR
 //     yielded like any page, so a stream consumer still gets a resume point.
 //   - An empty last page (no records, no NextToken): the normal end of a
 //     desktop whose record count is a multiple of the page size.
+//   - A first page with fewer records than Skip (records removed upstream
+//     since the cursor was made): it yields no record, and the sequence
+//     goes on with the next page.
 //   - The same record on two pages (the upstream shifted its window while
 //     records were added): records have no id the gateway could
 //     de-duplicate on, and two identical changes are possible, so duplicates
 //     are passed on as the upstream sent them.
 func Pages(ctx context.Context, api API, in DescribeInput, opts ...PagesOption) iter.Seq2[*Page, error] {
-	var cfg pagesConfig
+	cfg := pagesConfig{pageSize: MaxPageSize}
 	for _, opt := range opts {
 		opt(&cfg)
 	}
-	in.MaxResults = MaxPageSize
+	in.MaxResults = cfg.pageSize
 	return func(yield func(*Page, error) bool) {
-		seq := &pageSequence{api: api, in: in, limit: cfg.limit, seen: map[string]int{}}
+		seq := &pageSequence{api: api, in: in, skip: cfg.skip, limit: cfg.limit, seen: map[string]int{}}
 		if in.NextToken != "" {
 			seq.seen[in.NextToken] = 0
 		}
@@ -88,7 +100,9 @@ type PagesOption func(*pagesConfig)
 
 type pagesConfig struct {
 	prefetch bool
+	skip     int
 	limit    int
+	pageSize int
 }
 
 // Prefetch makes [Pages] fetch page k+1 while the consumer handles page k,
@@ -99,11 +113,23 @@ func Prefetch() PagesOption {
 	return func(c *pagesConfig) { c.prefetch = true }
 }
 
-// Limit makes [Pages] stop after the page that brings the records it
-// yielded to n or more, so a consumer that needs only n records causes no
-// call beyond them, prefetching or not. n <= 0: no limit.
+// Skip leaves out the first n records of the first page: the records a
+// [Cursor] with Skip n says were delivered already.
+func Skip(n int) PagesOption {
+	return func(c *pagesConfig) { c.skip = max(n, 0) }
+}
+
+// Limit makes [Pages] yield at most n records: the page that reaches n is
+// cut there and is the last, so a consumer that needs only n records
+// causes no call beyond them, prefetching or not. n <= 0: no limit.
 func Limit(n int) PagesOption {
 	return func(c *pagesConfig) { c.limit = n }
+}
+
+// PageSize sets the MaxResults of every call, 1..[MaxPageSize]; the
+// default is MaxPageSize, the fewest calls.
+func PageSize(n int) PagesOption {
+	return func(c *pagesConfig) { c.pageSize = min(max(n, 1), MaxPageSize) }
 }
 
 // pageSequence fetches the pages of one desktop in order and enforces the
@@ -111,21 +137,22 @@ func Limit(n int) PagesOption {
 type pageSequence struct {
 	api     API
 	in      DescribeInput
-	limit   int
+	skip    int            // records of the next page to leave out
+	limit   int            // records to yield in all; <= 0: no limit
 	seen    map[string]int // NextToken → the page that returned it
 	n       int            // pages fetched
 	empty   int            // pages in a row with no records and a NextToken
-	records int            // records fetched
+	records int            // records yielded
 }
 
 // next fetches the next page. more reports whether another page follows.
 func (s *pageSequence) next(ctx context.Context) (page *Page, more bool, err error) {
 	s.n++
+	token := s.in.NextToken
 	page, err = s.api.DescribeImageModifiedRecords(withPageNumber(ctx, s.n), s.in)
 	if err != nil {
 		return nil, false, err
 	}
-	page.Token = s.in.NextToken
 	if page.NextToken != "" {
 		if first, dup := s.seen[page.NextToken]; dup {
 			return nil, false, &PaginationError{Page: s.n, FirstSeen: first}
@@ -139,9 +166,21 @@ func (s *pageSequence) next(ctx context.Context) (page *Page, more bool, err err
 			s.empty = 0
 		}
 	}
+	skip := min(s.skip, len(page.Records))
+	s.skip = 0
+	page.Records = page.Records[skip:]
+	page.Resume = Cursor{Token: page.NextToken}
+	more = page.NextToken != ""
+	if s.limit > 0 && s.records+len(page.Records) >= s.limit {
+		if keep := s.limit - s.records; keep < len(page.Records) {
+			page.Records = page.Records[:keep]
+			page.Resume = Cursor{Token: token, Skip: skip + keep}
+		}
+		more = false
+	}
 	s.records += len(page.Records)
 	s.in.NextToken = page.NextToken
-	return page, page.NextToken != "" && (s.limit <= 0 || s.records < s.limit), nil
+	return page, more, nil
 }
 
 // prefetch runs seq on a producer goroutine that fetches the next page as

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,19 +52,26 @@ func WithRetryBudget(b *RetryBudget) Option {
 // the per-call deposits remain, so retries settle at ratio of the calls
 // (plus the initial reserve). It is safe for concurrent use.
 type RetryBudget struct {
-	mu       sync.Mutex
-	ratio    float64
-	capacity float64
-	tokens   float64
+	mu sync.Mutex
+	// Amounts are in thousandths of a retry, so that ten deposits of a
+	// ratio of 0.1 add up to exactly one retry.
+	ratio    int64
+	capacity int64
+	tokens   int64
 }
+
+// retryUnit is one retry in the budget's units.
+const retryUnit = 1000
 
 // NewRetryBudget returns a budget that grants ratio retries per call under
-// persistent failure and holds at most capacity tokens, starting full.
+// persistent failure (to a thousandth) and holds at most capacity retries,
+// starting full.
 func NewRetryBudget(ratio float64, capacity int) *RetryBudget {
-	return &RetryBudget{ratio: ratio, capacity: float64(capacity), tokens: float64(capacity)}
+	c := int64(capacity) * retryUnit
+	return &RetryBudget{ratio: int64(math.Round(ratio * retryUnit)), capacity: c, tokens: c}
 }
 
-func (b *RetryBudget) deposit(n float64) {
+func (b *RetryBudget) deposit(n int64) {
 	if b == nil {
 		return
 	}
@@ -73,17 +81,14 @@ func (b *RetryBudget) deposit(n float64) {
 }
 
 // onCall records a new call.
-func (b *RetryBudget) onCall() { b.deposit(b.ratioOrZero()) }
+func (b *RetryBudget) onCall() {
+	if b != nil {
+		b.deposit(b.ratio)
+	}
+}
 
 // onSuccess records a successful attempt.
-func (b *RetryBudget) onSuccess() { b.deposit(1) }
-
-func (b *RetryBudget) ratioOrZero() float64 {
-	if b == nil {
-		return 0
-	}
-	return b.ratio
-}
+func (b *RetryBudget) onSuccess() { b.deposit(retryUnit) }
 
 // withdraw takes the token of one retry, and reports whether there was one.
 func (b *RetryBudget) withdraw() bool {
@@ -92,10 +97,10 @@ func (b *RetryBudget) withdraw() bool {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.tokens < 1 {
+	if b.tokens < retryUnit {
 		return false
 	}
-	b.tokens--
+	b.tokens -= retryUnit
 	return true
 }
 

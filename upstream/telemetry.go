@@ -7,7 +7,10 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // instrumentationName names the client's meter.
@@ -48,7 +51,7 @@ func (in instruments) record(ctx context.Context, d time.Duration, err error) {
 	if err != nil {
 		outcome = "error"
 	}
-	attrs := metric.WithAttributes(attribute.String("outcome", outcome), attribute.String("error.code", errorCode(err)))
+	attrs := metric.WithAttributes(attribute.String("outcome", outcome), semconv.ErrorTypeKey.String(errorCode(err)))
 	in.calls.Add(ctx, 1, attrs)
 	in.duration.Record(ctx, d.Seconds(), metric.WithAttributes(attribute.String("outcome", outcome)))
 	if apiErr, ok := errors.AsType[*APIError](err); ok && apiErr.Kind() == KindThrottled {
@@ -114,4 +117,51 @@ func withPageNumber(ctx context.Context, n int) context.Context {
 func pageNumberFrom(ctx context.Context) int {
 	n, _ := ctx.Value(pageNumberKey{}).(int)
 	return n
+}
+
+// annotateRequest records what an attempt asks for on its client span,
+// before the call, so that an attempt without an answer carries it too.
+// Attribute values are ids and codes, never credentials.
+func annotateRequest(span trace.Span, in DescribeInput, attempt, page int) {
+	if !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(
+		attribute.String("ecd.action", Action),
+		semconv.CloudRegion(in.RegionID),
+		attribute.String("ecd.desktop_id", in.DesktopID),
+		attribute.Int("ecd.attempt", attempt),
+		semconv.HTTPRequestMethodPost,
+	)
+	if page > 0 {
+		span.SetAttributes(attribute.Int("ecd.page", page))
+	}
+}
+
+// annotateAnswer records what the answer said on the attempt's client
+// span: the HTTP status (0: none), the page or the error.
+func annotateAnswer(span trace.Span, status int, page *Page, err error) {
+	if !span.IsRecording() {
+		return
+	}
+	if status > 0 {
+		span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+	}
+	throttled := false
+	apiErr, isAPIErr := errors.AsType[*APIError](err)
+	switch {
+	case page != nil:
+		span.SetAttributes(
+			attribute.String("ecd.request_id", page.RequestID),
+			attribute.Int("ecd.page.records", len(page.Records)))
+	case isAPIErr:
+		throttled = apiErr.Kind() == KindThrottled
+		span.SetAttributes(attribute.String("ecd.request_id", apiErr.RequestID))
+	}
+	if err != nil {
+		code := errorCode(err)
+		span.SetAttributes(attribute.String("ecd.error.code", code), semconv.ErrorTypeKey.String(code))
+		span.SetStatus(codes.Error, code)
+	}
+	span.SetAttributes(attribute.Bool("ecd.throttled", throttled))
 }

@@ -35,14 +35,12 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	if err == nil {
 		err = gateway.Run(ctx, cfg, stdout, stderr, nil)
 	}
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
+	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
-	case errors.As(err, new(*gateway.UsageError)):
-		fmt.Fprintln(stderr, "imagerecordsd:", err)
-		return 2
-	default:
-		fmt.Fprintln(stderr, "imagerecordsd:", err)
-		return 1
 	}
+	fmt.Fprintln(stderr, "imagerecordsd:", err)
+	if _, ok := errors.AsType[*gateway.UsageError](err); ok {
+		return 2
+	}
+	return 1
 }

@@ -339,7 +339,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		labels map[string]string
 		want   float64 // < 0: any value above zero
 	}{
-		{"imagerecords_upstream_calls_total", map[string]string{"outcome": "ok", "error_code": ""}, 3},
+		{"imagerecords_upstream_calls_total", map[string]string{"outcome": "ok", "error_type": ""}, 3},
 		{"imagerecords_records_total", stream1, 250},
 		{"imagerecords_pages_total", stream1, 3},
 		{"imagerecords_upstream_duration_seconds_count", map[string]string{"outcome": "ok"}, 3},
