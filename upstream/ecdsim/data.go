@@ -58,6 +58,10 @@ type Desktop struct {
 	// page with a token for the offset after it), never an empty one, so a
 	// client that follows NextToken blindly loops forever.
 	StuckToken bool
+	// Live makes the desktop's image changes go on: new records start,
+	// stay in progress, then succeed or fail as the simulator clock
+	// advances, after the Records settled ones (see [Live]).
+	Live bool
 }
 
 // imageNames are the image-name stems; a number is appended to each. Every

@@ -11,12 +11,35 @@
 // (latency, throttling, server errors, a NextToken that never advances) can
 // be injected, deterministically for a seed and a request sequence.
 //
+// Beyond faults, the simulator has an account quota ([Quota], a token
+// bucket on the simulator clock answered with the same Throttling.User as
+// an injected throttle), a set of served regions ([Config.Regions]), live
+// desktops whose image changes start, run and settle as the simulator
+// clock advances ([Live]), and two record orders ([Order]).
+//
 // The checks run in this order: the HTTP method (GET or POST, else 405);
 // authentication (signature parts, access key, timestamp, body hash,
-// signature, security token, nonce); the action and version; the injected
-// throttling and server errors; the parameters RegionId, DesktopId (then
-// the desktop itself), MaxResults and NextToken. Injected latency delays
-// every response, errors included.
+// signature, security token, nonce); the action and version; the account
+// quota; the injected throttling and server errors; the parameters
+// RegionId (missing, then not served: 404 InvalidRegionId), DesktopId
+// (then the desktop itself), MaxResults and NextToken. Injected latency
+// delays every response, errors included.
+//
+// # Paging
+//
+// A NextToken encodes a position among the desktop's records counted
+// oldest first, never an offset from the newest, so records a live desktop
+// adds while a client pages do not shift the pages. With [OldestFirst] a
+// token is the index of the next record to serve; a record that starts
+// before the client asks for the page that reaches it appears on that
+// page (the last page of a pass that began earlier may then carry a
+// NextToken to one more page); one that starts after the client got a
+// page without NextToken is not seen in that pass. With [NewestFirst] a
+// token is the count of older records still to serve; a record that
+// starts during the pass is not seen in it, and no record is repeated or
+// skipped. In both orders TotalCount is the count at the instant of each
+// page, so it can grow from page to page, and a change's record shows the
+// status it has when its page is served.
 package ecdsim
 
 import (
@@ -47,9 +70,8 @@ const (
 	defaultMaxResults = 10
 	maxMaxResults     = 100
 	// maxBody bounds the request body the simulator reads.
-	maxBody       = 1 << 20
-	defaultRegion = "cn-hangzhou"
-	contentType   = "application/json;charset=utf-8"
+	maxBody     = 1 << 20
+	contentType = "application/json;charset=utf-8"
 )
 
 // Key is an access key the simulator accepts.
@@ -78,18 +100,57 @@ type Faults struct {
 	ServerErrorFraction float64
 }
 
+// Order is the order in which the simulator serves a desktop's records.
+// The real API does not document its order, so a client must work with
+// both.
+type Order int
+
+const (
+	// OldestFirst serves records by increasing UpdateTime.
+	OldestFirst Order = iota
+	// NewestFirst serves records by decreasing UpdateTime.
+	NewestFirst
+)
+
+// String returns "oldest" or "newest".
+func (o Order) String() string {
+	switch o {
+	case OldestFirst:
+		return "oldest"
+	case NewestFirst:
+		return "newest"
+	}
+	return "Order(" + strconv.Itoa(int(o)) + ")"
+}
+
 // Config configures a [Simulator].
 type Config struct {
 	// Seed determines the desktop ids of DefaultDesktops, every record,
-	// the NextTokens, the RequestIds and the fault decisions.
+	// the live changes, the NextTokens, the RequestIds and the fault
+	// decisions.
 	Seed int64
 	// Desktops are the simulated desktops; empty means DefaultDesktops(Seed).
 	Desktops []Desktop
 	// Keys are the accepted access keys; at least one is required.
 	Keys []Key
+	// Regions are the region ids served; a request for another is answered
+	// InvalidRegionId. Empty means DefaultRegions(). The first is the
+	// region named in the HostId of errors for requests whose RegionId is
+	// missing or not served.
+	Regions []string
 	// Faults are the initial faults; see [Simulator.SetFaults].
 	Faults Faults
-	// Now is the simulator clock for timestamp checks; nil means time.Now.
+	// Quota is the initial account quota; see [Simulator.SetQuota]. The
+	// zero value means no quota.
+	Quota Quota
+	// Live configures the changes of the desktops marked [Desktop.Live].
+	Live Live
+	// Order is the order of the records in a page; the zero value is
+	// OldestFirst.
+	Order Order
+	// Now is the simulator clock for timestamp checks, the quota and the
+	// live desktops; nil means time.Now. Live desktops start changing
+	// after the time it reads in New.
 	Now func() time.Time
 }
 
@@ -101,6 +162,9 @@ type Stats struct {
 	Pages int64
 	// Throttled counts the injected Throttling.User answers.
 	Throttled int64
+	// QuotaThrottled counts the Throttling.User answers of the account
+	// quota.
+	QuotaThrottled int64
 	// ServerErrors counts the injected 5xx answers.
 	ServerErrors int64
 	// AuthFailures counts the answers to requests that failed
@@ -113,13 +177,17 @@ type Stats struct {
 
 // Simulator is the simulated endpoint. It is safe for concurrent use.
 type Simulator struct {
-	now      func() time.Time
-	keys     map[string]Key
-	desktops map[string]*desktop
-	list     []Desktop
-	tokens   *tokenCodec
-	nonces   *nonceStore
-	faults   atomic.Pointer[Faults]
+	now        func() time.Time
+	keys       map[string]Key
+	desktops   map[string]*desktop
+	list       []Desktop
+	regions    map[string]bool
+	regionList []string
+	order      Order
+	tokens     *tokenCodec
+	nonces     *nonceStore
+	faults     atomic.Pointer[Faults]
+	quota      bucket
 
 	rngMu sync.Mutex
 	rng   *rand.Rand
@@ -128,13 +196,14 @@ type Simulator struct {
 	reqIDMix  uint64
 	reqSeq    atomic.Uint64
 
-	requests, pages, throttled, serverErrors, authFailures, badRequests atomic.Int64
+	requests, pages, throttled, quotaThrottled, serverErrors, authFailures, badRequests atomic.Int64
 }
 
 type desktop struct {
 	Desktop
-	hash  uint64
-	calls atomic.Int64
+	hash     uint64
+	calls    atomic.Int64
+	timeline *timeline // nil unless Live
 }
 
 // New returns a simulator for cfg.
@@ -142,18 +211,34 @@ func New(cfg Config) (*Simulator, error) {
 	if len(cfg.Keys) == 0 {
 		return nil, errors.New("ecdsim: at least one access key is required")
 	}
-	if err := checkFaults(cfg.Faults); err != nil {
+	if err := errors.Join(checkFaults(cfg.Faults), checkQuota(cfg.Quota), checkLive(cfg.Live)); err != nil {
 		return nil, err
 	}
+	if cfg.Order != OldestFirst && cfg.Order != NewestFirst {
+		return nil, fmt.Errorf("ecdsim: unknown record order %d", cfg.Order)
+	}
 	s := &Simulator{
-		now:      cfg.Now,
-		keys:     make(map[string]Key, len(cfg.Keys)),
-		desktops: make(map[string]*desktop),
-		tokens:   newTokenCodec(cfg.Seed),
-		nonces:   newNonceStore(),
+		now:        cfg.Now,
+		keys:       make(map[string]Key, len(cfg.Keys)),
+		desktops:   make(map[string]*desktop),
+		regions:    make(map[string]bool),
+		regionList: slices.Clone(cfg.Regions),
+		order:      cfg.Order,
+		tokens:     newTokenCodec(cfg.Seed),
+		nonces:     newNonceStore(),
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	start := s.now()
+	if len(s.regionList) == 0 {
+		s.regionList = DefaultRegions()
+	}
+	for _, r := range s.regionList {
+		if err := checkRegion(r); err != nil {
+			return nil, err
+		}
+		s.regions[r] = true
 	}
 	for _, k := range cfg.Keys {
 		if k.AccessKeyID == "" || k.AccessKeySecret == "" {
@@ -177,10 +262,15 @@ func New(cfg Config) (*Simulator, error) {
 		case s.desktops[d.ID] != nil:
 			return nil, fmt.Errorf("ecdsim: desktop %s is given twice", d.ID)
 		}
-		s.desktops[d.ID] = &desktop{Desktop: d, hash: desktopHash(cfg.Seed, d.ID)}
+		dt := &desktop{Desktop: d, hash: desktopHash(cfg.Seed, d.ID)}
+		if d.Live {
+			dt.timeline = newTimeline(dt, cfg.Live, start)
+		}
+		s.desktops[d.ID] = dt
 	}
 	f := cfg.Faults
 	s.faults.Store(&f)
+	s.quota.set(cfg.Quota)
 	sh := seedHash(cfg.Seed)
 	s.rng = rand.New(rand.NewPCG(sh, mix64(sh^0x8E9A1C3F5D7B2E41)))
 	s.reqIDBase = mix64(sh ^ 0x3C6EF372FE94F82B)
@@ -222,25 +312,34 @@ func clampFraction(x float64) float64 {
 func (s *Simulator) Desktops() []Desktop { return slices.Clone(s.list) }
 
 // Record returns record i (0-based, oldest first) of a desktop, exactly as
-// the simulator serves it, or false when there is no such desktop or record.
+// the simulator serves it now (by its clock), or false when there is no
+// such desktop or record. See [Simulator.Records] for another instant.
 func (s *Simulator) Record(desktopID string, i int) (Record, bool) {
 	d := s.desktops[desktopID]
-	if d == nil || i < 0 || i >= d.Records {
+	if d == nil || i < 0 {
 		return Record{}, false
 	}
-	p := genRecord(d.hash, i)
+	v := d.view(s.now())
+	if i >= v.total {
+		return Record{}, false
+	}
+	p := v.record(i)
 	return p.record(), true
 }
+
+// Regions returns the served regions, in configuration order.
+func (s *Simulator) Regions() []string { return slices.Clone(s.regionList) }
 
 // Stats returns a snapshot of the counters.
 func (s *Simulator) Stats() Stats {
 	return Stats{
-		Requests:     s.requests.Load(),
-		Pages:        s.pages.Load(),
-		Throttled:    s.throttled.Load(),
-		ServerErrors: s.serverErrors.Load(),
-		AuthFailures: s.authFailures.Load(),
-		BadRequests:  s.badRequests.Load(),
+		Requests:       s.requests.Load(),
+		Pages:          s.pages.Load(),
+		Throttled:      s.throttled.Load(),
+		QuotaThrottled: s.quotaThrottled.Load(),
+		ServerErrors:   s.serverErrors.Load(),
+		AuthFailures:   s.authFailures.Load(),
+		BadRequests:    s.badRequests.Load(),
 	}
 }
 
@@ -262,7 +361,7 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	faults := s.faults.Load()
 	reqID := s.requestID()
 	bp := bufPool.Get().(*[]byte)
-	status, body := s.handle(r, reqID, faults, (*bp)[:0])
+	status, rateLimit, body := s.handle(r, reqID, faults, (*bp)[:0])
 	defer func() {
 		if cap(body) <= 1<<20 {
 			*bp = body[:0]
@@ -279,6 +378,9 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if status == http.StatusMethodNotAllowed {
 		h.Set("Allow", "GET, POST")
 	}
+	if rateLimit != "" {
+		h.Set("x-ratelimit-user-api", rateLimit)
+	}
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
 }
@@ -294,28 +396,58 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// handle appends the answer to b and returns its HTTP status.
-func (s *Simulator) handle(r *http.Request, reqID string, faults *Faults, b []byte) (int, []byte) {
+// handle appends the answer to b and returns its HTTP status and the
+// x-ratelimit-user-api header to send, if any.
+func (s *Simulator) handle(r *http.Request, reqID string, faults *Faults, b []byte) (int, string, []byte) {
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
-		return s.fail(b, reqID, defaultRegion, &apiError{status: http.StatusMethodNotAllowed, code: "UnsupportedHTTPMethod", kind: kindBad,
+		st, b := s.fail(b, reqID, s.regionList[0], &apiError{status: http.StatusMethodNotAllowed, code: "UnsupportedHTTPMethod", kind: kindBad,
 			msg: "The HTTP method " + r.Method + " is not supported; use GET or POST."})
+		return st, "", b
 	}
 	req := request{r: r, query: r.URL.Query()}
 	req.params = req.query
 	if e := readBody(&req); e != nil {
-		return s.fail(b, reqID, regionOf(req.params.Get("RegionId")), e)
+		st, b := s.fail(b, reqID, s.hostRegion(req.params.Get("RegionId")), e)
+		return st, "", b
 	}
-	region := regionOf(req.params.Get("RegionId"))
-	if e := s.authenticate(&req, s.now()); e != nil {
-		return s.fail(b, reqID, region, e)
+	region := s.hostRegion(req.params.Get("RegionId"))
+	now := s.now()
+	if e := s.authenticate(&req, now); e != nil {
+		st, b := s.fail(b, reqID, region, e)
+		return st, "", b
 	}
+	if e := s.admit(&req, faults, now); e != nil {
+		st, b := s.fail(b, reqID, region, e)
+		return st, e.rateLimit, b
+	}
+	st, b := s.page(b, reqID, region, req.params, now)
+	return st, "", b
+}
+
+// errThrottled is the answer of the account quota and of injected
+// throttling.
+func errThrottled(kind errKind) *apiError {
+	return &apiError{status: http.StatusBadRequest, code: "Throttling.User", kind: kind,
+		msg: "Request was denied due to user flow control."}
+}
+
+// admit checks an authenticated request's action and version, then takes
+// its token from the account quota and draws its injected fault.
+func (s *Simulator) admit(req *request, faults *Faults, now time.Time) *apiError {
 	if req.action != action {
-		return s.fail(b, reqID, region, &apiError{status: http.StatusNotFound, code: "InvalidAction.NotFound", kind: kindBad,
-			msg: "Specified api is not found, please check your url and method."})
+		return &apiError{status: http.StatusNotFound, code: "InvalidAction.NotFound", kind: kindBad,
+			msg: "Specified api is not found, please check your url and method."}
 	}
 	if req.version != apiVersion {
-		return s.fail(b, reqID, region, &apiError{status: http.StatusBadRequest, code: "InvalidVersion", kind: kindBad,
-			msg: "Specified parameter Version is not valid; use " + apiVersion + "."})
+		return &apiError{status: http.StatusBadRequest, code: "InvalidVersion", kind: kindBad,
+			msg: "Specified parameter Version is not valid; use " + apiVersion + "."}
+	}
+	if ok, wait, q := s.quota.take(now); !ok {
+		e := errThrottled(kindQuota)
+		if q.Hint {
+			e.rateLimit = rateLimitHeader(q, wait)
+		}
+		return e
 	}
 	if faults.ThrottleFraction > 0 || faults.ServerErrorFraction > 0 {
 		s.rngMu.Lock()
@@ -323,18 +455,17 @@ func (s *Simulator) handle(r *http.Request, reqID string, faults *Faults, b []by
 		s.rngMu.Unlock()
 		switch {
 		case u < faults.ThrottleFraction:
-			return s.fail(b, reqID, region, &apiError{status: http.StatusBadRequest, code: "Throttling.User", kind: kindThrottle,
-				msg: "Request was denied due to user flow control."})
+			return errThrottled(kindThrottle)
 		case u < faults.ThrottleFraction+faults.ServerErrorFraction:
 			if s.serverErrors.Load()%2 == 0 {
-				return s.fail(b, reqID, region, &apiError{status: http.StatusServiceUnavailable, code: "ServiceUnavailable", kind: kindServer,
-					msg: "The request has failed due to a temporary failure of the server."})
+				return &apiError{status: http.StatusServiceUnavailable, code: "ServiceUnavailable", kind: kindServer,
+					msg: "The request has failed due to a temporary failure of the server."}
 			}
-			return s.fail(b, reqID, region, &apiError{status: http.StatusInternalServerError, code: "InternalError", kind: kindServer,
-				msg: "The request processing has failed due to some unknown error, exception or failure."})
+			return &apiError{status: http.StatusInternalServerError, code: "InternalError", kind: kindServer,
+				msg: "The request processing has failed due to some unknown error, exception or failure."}
 		}
 	}
-	return s.page(b, reqID, region, req.params)
+	return nil
 }
 
 // readBody reads a POST's body into req.body and merges a form body's
@@ -383,11 +514,14 @@ func payloadHash(body []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// page checks the parameters and appends one page.
-func (s *Simulator) page(b []byte, reqID, region string, p url.Values) (int, []byte) {
+// page checks the parameters and appends one page as it is at now.
+func (s *Simulator) page(b []byte, reqID, region string, p url.Values, now time.Time) (int, []byte) {
 	if p.Get("RegionId") == "" {
 		return s.fail(b, reqID, region, &apiError{status: http.StatusBadRequest, code: "MissingRegionId", kind: kindBad,
 			msg: "RegionId is mandatory for this action."})
+	}
+	if !s.regions[p.Get("RegionId")] {
+		return s.fail(b, reqID, region, errUnknownRegion())
 	}
 	desktopID := p.Get("DesktopId")
 	if desktopID == "" {
@@ -409,21 +543,36 @@ func (s *Simulator) page(b []byte, reqID, region string, p url.Values) (int, []b
 		}
 		limit = n
 	}
+	v := d.view(now)
 	token := p.Get("NextToken")
-	off := 0
+	// pos is a position among the records oldest first: with OldestFirst
+	// the index of the first record to serve, with NewestFirst the count
+	// of records to serve before the pass ends.
+	pos := 0
+	if s.order == NewestFirst {
+		pos = v.total
+	}
 	if token != "" {
 		var ok bool
-		if off, ok = s.tokens.decode(d.ID, token); !ok || off > d.Records {
+		if pos, ok = s.tokens.decode(d.ID, token); !ok || pos > v.total {
 			return s.fail(b, reqID, region, &apiError{status: http.StatusBadRequest, code: "InvalidParameter.NextToken", kind: kindBad,
 				msg: "The specified NextToken is not valid for this desktop."})
 		}
 	}
-	end := min(off+limit, d.Records)
+	// The page holds the records of indices [lo, hi), served from lo up
+	// or from hi-1 down; end is the position after the page.
+	lo, hi, end, more := pos, min(pos+limit, v.total), 0, false
+	if s.order == NewestFirst {
+		lo, hi = max(pos-limit, 0), pos
+		end, more = lo, lo > 0
+	} else {
+		end, more = hi, hi < v.total
+	}
 	next := ""
 	switch {
 	case d.StuckToken && token != "":
 		next = token
-	case d.StuckToken || end < d.Records:
+	case d.StuckToken || more:
 		next = s.tokens.encode(d.ID, end)
 	}
 
@@ -431,7 +580,7 @@ func (s *Simulator) page(b []byte, reqID, region string, p url.Values) (int, []b
 	b = append(b, `{"RequestId":"`...)
 	b = append(b, reqID...)
 	b = append(b, `","TotalCount":`...)
-	b = strconv.AppendInt(b, int64(d.Records), 10)
+	b = strconv.AppendInt(b, int64(v.total), 10)
 	if next != "" {
 		// Tokens are base64: nothing in them needs escaping.
 		b = append(b, `,"NextToken":"`...)
@@ -439,11 +588,15 @@ func (s *Simulator) page(b []byte, reqID, region string, p url.Values) (int, []b
 		b = append(b, '"')
 	}
 	b = append(b, `,"ImageModifiedRecords":[`...)
-	for i := off; i < end; i++ {
-		if i > off {
+	for k := range hi - lo {
+		if k > 0 {
 			b = append(b, ',')
 		}
-		rec := genRecord(d.hash, i)
+		i := lo + k
+		if s.order == NewestFirst {
+			i = hi - 1 - k
+		}
+		rec := v.record(i)
 		b = rec.appendJSON(b)
 	}
 	b = append(b, "]}"...)
@@ -474,36 +627,23 @@ func (s *Simulator) requestID() string {
 	return string(out[:])
 }
 
-// regionOf returns region if it looks like a region id, else the default,
-// for the HostId of errors.
-func regionOf(region string) string {
-	if region == "" || len(region) > 32 {
-		return defaultRegion
-	}
-	for i := 0; i < len(region); i++ {
-		c := region[i]
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-			return defaultRegion
-		}
-	}
-	return region
-}
-
 type errKind int
 
 const (
 	kindAuth errKind = iota
 	kindBad
 	kindThrottle
+	kindQuota
 	kindServer
 )
 
 // apiError is an error answer.
 type apiError struct {
-	status int
-	code   string
-	msg    string
-	kind   errKind
+	status    int
+	code      string
+	msg       string
+	kind      errKind
+	rateLimit string // the x-ratelimit-user-api header, if any
 }
 
 // fail counts e and appends its JSON.
@@ -515,6 +655,8 @@ func (s *Simulator) fail(b []byte, reqID, region string, e *apiError) (int, []by
 		s.badRequests.Add(1)
 	case kindThrottle:
 		s.throttled.Add(1)
+	case kindQuota:
+		s.quotaThrottled.Add(1)
 	case kindServer:
 		s.serverErrors.Add(1)
 	}

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -935,6 +936,15 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"empty desktop id", ecdsim.Config{Keys: []ecdsim.Key{longKey}, Desktops: []ecdsim.Desktop{{Records: 1}}}},
 		{"throttle above 1", ecdsim.Config{Keys: []ecdsim.Key{longKey}, Faults: ecdsim.Faults{ThrottleFraction: 1.5}}},
 		{"negative latency", ecdsim.Config{Keys: []ecdsim.Key{longKey}, Faults: ecdsim.Faults{Latency: -1}}},
+		{"empty region", ecdsim.Config{Keys: []ecdsim.Key{longKey}, Regions: []string{"cn-hangzhou", ""}}},
+		{"upper-case region", ecdsim.Config{Keys: []ecdsim.Key{longKey}, Regions: []string{"CN-HANGZHOU"}}},
+		{"negative quota rate", ecdsim.Config{Keys: []ecdsim.Key{longKey}, Quota: ecdsim.Quota{QPS: -1}}},
+		{"NaN quota rate", ecdsim.Config{Keys: []ecdsim.Key{longKey}, Quota: ecdsim.Quota{QPS: math.NaN()}}},
+		{"negative quota burst", ecdsim.Config{Keys: []ecdsim.Key{longKey}, Quota: ecdsim.Quota{QPS: 1, Burst: -1}}},
+		{"negative live interval", ecdsim.Config{Keys: []ecdsim.Key{longKey}, Live: ecdsim.Live{Every: -time.Second}}},
+		{"negative live duration", ecdsim.Config{Keys: []ecdsim.Key{longKey}, Live: ecdsim.Live{InProgress: -time.Second}}},
+		{"live fail fraction above 1", ecdsim.Config{Keys: []ecdsim.Key{longKey}, Live: ecdsim.Live{FailFraction: 1.5}}},
+		{"unknown order", ecdsim.Config{Keys: []ecdsim.Key{longKey}, Order: ecdsim.Order(2)}},
 	}
 	for _, tc := range testCases {
 		if _, err := ecdsim.New(tc.cfg); err == nil {
