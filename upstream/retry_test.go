@@ -17,6 +17,7 @@ import (
 	"github.com/aliyun/credentials-go/credentials"
 
 	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/acs"
 )
 
 // okBody is a valid one-record page.
@@ -76,7 +77,7 @@ func (s *scripted) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec.nonce, rec.date = r.Form.Get("SignatureNonce"), r.Form.Get("Timestamp")
 	}
 	if authz := r.Header.Get("Authorization"); authz != "" { // V3
-		for part := range strings.SplitSeq(strings.TrimPrefix(authz, upstream.V3Algorithm+" "), ",") {
+		for part := range strings.SplitSeq(strings.TrimPrefix(authz, acs.V3Algorithm+" "), ",") {
 			k, v, _ := strings.Cut(part, "=")
 			switch k {
 			case "Credential":

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/acs"
 )
 
 func TestRunServesAndShutsDown(t *testing.T) {
@@ -57,8 +57,8 @@ func TestRunServesAndShutsDown(t *testing.T) {
 		"SignatureVersion": {"1.0"}, "SignatureNonce": {"n1"}, "Action": {"DescribeImageModifiedRecords"},
 		"Version": {"2020-09-30"}, "Timestamp": {time.Now().UTC().Format("2006-01-02T15:04:05Z")},
 	}
-	params.Set("Signature", upstream.V1Signature("cmd-secret", http.MethodGet, params))
-	resp, err := http.Get(addr + "/?" + upstream.CanonicalQuery(params))
+	params.Set("Signature", acs.V1Signature("cmd-secret", http.MethodGet, params))
+	resp, err := http.Get(addr + "/?" + acs.CanonicalQuery(params))
 	if err != nil {
 		t.Fatal(err)
 	}

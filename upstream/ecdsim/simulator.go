@@ -37,7 +37,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/acs"
 )
 
 const (
@@ -377,7 +377,7 @@ func readBody(req *request) *apiError {
 
 func payloadHash(body []byte) string {
 	if len(body) == 0 {
-		return upstream.EmptyPayloadHash
+		return acs.EmptyPayloadHash
 	}
 	sum := sha256.Sum256(body)
 	return hex.EncodeToString(sum[:])
