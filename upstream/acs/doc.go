@@ -23,9 +23,10 @@
 // the real API refused every call. Instead this package is verified on its
 // own, against the published test vectors and by a differential fuzz test
 // against Alibaba's official implementation (the darabonba openapi-util
-// module that the official SDKs use), which is a test-only dependency. So
-// a request that the simulator accepts is one that the official SDK would
-// have signed the same way.
+// module that the official SDKs use), which is a test-only dependency; and
+// the simulator's own tests send it requests signed by that official code.
+// So a request that the simulator accepts is one that the official SDK
+// would have signed the same way, and the other way round.
 //
 // Where the official implementation and the published specification
 // disagree, this package follows the official implementation, whose
