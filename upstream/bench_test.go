@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strconv"
 	"sync"
 	"testing"
@@ -18,8 +17,9 @@ import (
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
 )
 
-// Benchmarks of the upstream hot path: signing, decoding a page, and one
-// whole call against the simulator over loopback.
+// Benchmarks of the upstream hot path: decoding a page, and one whole call
+// against the simulator over loopback. Signing is benchmarked in package
+// acs.
 //
 //	go test -run '^$' -bench . -benchmem ./upstream
 
@@ -27,56 +27,7 @@ const (
 	benchKeyID     = "LTAI5tBenchmarkKey01"
 	benchKeySecret = "bench-secret-0123456789abcdefghij"
 	benchDesktop   = "ecd-bd53sfmysz8ir0001"
-	// benchToken has the length and alphabet of a real NextToken.
-	benchToken = "AAAAAV3MpHK1AP0pfERHZN5pu6mEB1N1ifDgTG7k6ssWt7Jm9yvTmSBe8FBQ3rVtmQ=="
 )
-
-// benchParams are the parameters of a follow-up page request.
-func benchParams() url.Values {
-	return url.Values{
-		"RegionId":   {"cn-hangzhou"},
-		"DesktopId":  {benchDesktop},
-		"MaxResults": {"100"},
-		"NextToken":  {benchToken},
-	}
-}
-
-func BenchmarkV3Sign(b *testing.B) {
-	params := benchParams()
-	headers := map[string]string{
-		"host":                  "ecd.cn-hangzhou.aliyuncs.com",
-		"x-acs-action":          upstream.Action,
-		"x-acs-version":         upstream.APIVersion,
-		"x-acs-date":            "2026-11-28T09:55:00Z",
-		"x-acs-signature-nonce": "3f2a9c1b7d5e4f60a8b9c0d1e2f30415",
-		"x-acs-content-sha256":  upstream.EmptyPayloadHash,
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		sig, signed := upstream.V3Request{
-			Method:        http.MethodPost,
-			Query:         params,
-			Headers:       headers,
-			HashedPayload: upstream.EmptyPayloadHash,
-		}.Sign(benchKeySecret)
-		_ = upstream.V3Authorization(benchKeyID, signed, sig)
-	}
-}
-
-func BenchmarkV1Signature(b *testing.B) {
-	params := benchParams()
-	for k, v := range map[string]string{
-		"Action": upstream.Action, "Version": upstream.APIVersion, "Format": "JSON",
-		"AccessKeyId": benchKeyID, "SignatureMethod": "HMAC-SHA1", "SignatureVersion": "1.0",
-		"SignatureNonce": "3f2a9c1b7d5e4f60a8b9c0d1e2f30415", "Timestamp": "2026-11-28T09:55:00Z",
-	} {
-		params.Set(k, v)
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		_ = upstream.V1Signature(benchKeySecret, http.MethodPost, params)
-	}
-}
 
 // benchSim serves a simulator with one desktop of n records on loopback.
 func benchSim(b *testing.B, n int) (*ecdsim.Simulator, *httptest.Server) {

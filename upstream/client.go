@@ -21,6 +21,8 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
+
+	"github.com/imagerecords/imagerecords/upstream/acs"
 )
 
 const (
@@ -425,57 +427,22 @@ func (c *Client) newRequest(ctx context.Context, in DescribeInput, creds Credent
 	if err != nil || u.Host == "" {
 		return nil, fmt.Errorf("invalid upstream endpoint %q", base)
 	}
-	date := c.now().UTC().Format("2006-01-02T15:04:05Z")
-	nonce := newNonce()
-	header := http.Header{}
-	header.Set("Accept", "application/json")
+	call := acs.Call{Action: Action, Version: APIVersion, Params: params, Timestamp: c.now(), Nonce: newNonce()}
+	signing := acs.Credentials(creds)
+	var header http.Header
 	body := ""
 	switch c.signature {
 	case SignatureV1:
-		params.Set("Action", Action)
-		params.Set("Version", APIVersion)
-		params.Set("Format", "JSON")
-		params.Set("AccessKeyId", creds.AccessKeyID)
-		params.Set("SignatureMethod", "HMAC-SHA1")
-		params.Set("SignatureVersion", "1.0")
-		params.Set("SignatureNonce", nonce)
-		params.Set("Timestamp", date)
-		if creds.SecurityToken != "" {
-			params.Set("SecurityToken", creds.SecurityToken)
-		}
-		sig := V1Signature(creds.AccessKeySecret, http.MethodPost, params)
 		// The parameters go in a form body, not the query string as the
 		// official SDK does, so that the AccessKeyId, the STS token and the
 		// signature never appear in a URL (in traces, proxy logs, errors).
-		body = CanonicalQuery(params) + "&Signature=" + PercentEncode(sig)
+		body = call.SignV1(http.MethodPost, signing)
+		header = http.Header{}
 		header.Set("Content-Type", "application/x-www-form-urlencoded")
 	default:
-		signed := map[string]string{
-			"host":                  u.Host,
-			"x-acs-action":          Action,
-			"x-acs-version":         APIVersion,
-			"x-acs-date":            date,
-			"x-acs-signature-nonce": nonce,
-			"x-acs-content-sha256":  EmptyPayloadHash,
-		}
-		if creds.SecurityToken != "" {
-			signed["x-acs-accesskey-id"] = creds.AccessKeyID
-			signed["x-acs-security-token"] = creds.SecurityToken
-		}
-		sig, signedHeaders := V3Request{
-			Method:        http.MethodPost,
-			Query:         params,
-			Headers:       signed,
-			HashedPayload: EmptyPayloadHash,
-		}.Sign(creds.AccessKeySecret)
-		for name, v := range signed {
-			if name != "host" {
-				header.Set(name, v)
-			}
-		}
-		header.Set("Authorization", V3Authorization(creds.AccessKeyID, signedHeaders, sig))
-		u.RawQuery = CanonicalQuery(params)
+		u.RawQuery, header = call.SignV3(u.Host, signing)
 	}
+	header.Set("Accept", "application/json")
 	u.Path = "/"
 	var bodyReader io.Reader = http.NoBody
 	if body != "" {

@@ -20,6 +20,7 @@ import (
 	"github.com/aliyun/credentials-go/credentials"
 
 	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/acs"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
 	"github.com/imagerecords/imagerecords/upstream/upstreamtest"
 )
@@ -570,7 +571,7 @@ func TestNetworkErrorsDoNotLeakSecrets(t *testing.T) {
 			msg := err.Error()
 			forbidden := []string{
 				stsKey.AccessKeySecret, stsKey.SecurityToken,
-				upstream.PercentEncode(stsKey.SecurityToken), "Signature=", "SecurityToken",
+				acs.PercentEncode(stsKey.SecurityToken), "Signature=", "SecurityToken",
 			}
 			for _, s := range forbidden {
 				if strings.Contains(msg, s) {

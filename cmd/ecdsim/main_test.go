@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/acs"
 )
 
 const (
@@ -101,9 +101,9 @@ func (s server) get(t *testing.T, region, desktop string, extra ...string) (*htt
 	for i := 0; i+1 < len(extra); i += 2 {
 		params.Set(extra[i], extra[i+1])
 	}
-	params.Set("Signature", upstream.V1Signature(testSecret, http.MethodGet, params))
+	params.Set("Signature", acs.V1Signature(testSecret, http.MethodGet, params))
 	client := &http.Client{Timeout: 30 * time.Second}
-	resp, err := client.Get(s.addr + "/?" + upstream.CanonicalQuery(params))
+	resp, err := client.Get(s.addr + "/?" + acs.CanonicalQuery(params))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,12 +14,13 @@ import (
 	"time"
 
 	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/acs"
 )
 
 // directClient is the reference "caller who skips the gateway": plain
 // net/http and encoding/json, signing every request with signature V3
-// (the signing functions of package upstream, as the official SDK signs),
-// and nothing else of package upstream.
+// (package acs, checked against the official SDK's signing code), and
+// nothing of package upstream but its constants.
 type directClient struct {
 	http     *http.Client
 	endpoint string // http://host:port
@@ -73,32 +74,17 @@ func (d *directClient) describe(ctx context.Context, desktop, token string, maxR
 	}
 	var nonce [16]byte
 	_, _ = rand.Read(nonce[:])
-	signed := map[string]string{
-		"host":                  d.host,
-		"x-acs-action":          upstream.Action,
-		"x-acs-version":         upstream.APIVersion,
-		"x-acs-date":            time.Now().UTC().Format("2006-01-02T15:04:05Z"),
-		"x-acs-signature-nonce": hex.EncodeToString(nonce[:]),
-		"x-acs-content-sha256":  upstream.EmptyPayloadHash,
+	call := acs.Call{
+		Action: upstream.Action, Version: upstream.APIVersion, Params: params,
+		Timestamp: time.Now(), Nonce: hex.EncodeToString(nonce[:]),
 	}
-	query := upstream.CanonicalQuery(params)
-	sig, signedHeaders := upstream.V3Request{
-		Method:        http.MethodPost,
-		Query:         params,
-		Headers:       signed,
-		HashedPayload: upstream.EmptyPayloadHash,
-	}.Sign(d.secret)
+	query, header := call.SignV3(d.host, acs.Credentials{AccessKeyID: d.keyID, AccessKeySecret: d.secret})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.endpoint+"/?"+query, http.NoBody)
 	if err != nil {
 		return nil, err
 	}
-	for name, v := range signed {
-		if name != "host" {
-			req.Header.Set(name, v)
-		}
-	}
+	req.Header = header
 	req.Header.Set("Accept", "application/json")
-	req.Header.Set("Authorization", upstream.V3Authorization(d.keyID, signedHeaders, sig))
 	resp, err := d.http.Do(req)
 	if err != nil {
 		return nil, err

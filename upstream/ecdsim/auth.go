@@ -9,16 +9,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/acs"
 )
 
-const (
-	// timestampLayout is the format of x-acs-date and V1's Timestamp.
-	timestampLayout = "2006-01-02T15:04:05Z"
-	// skewWindow is how far a request's timestamp may be from the
-	// simulator clock, either way; nonces are remembered as long.
-	skewWindow = 15 * time.Minute
-)
+// skewWindow is how far a request's timestamp may be from the simulator
+// clock, either way; nonces are remembered as long.
+const skewWindow = 15 * time.Minute
 
 // v3Required are the headers signature V3 must sign (besides the security
 // token of an STS key).
@@ -40,7 +36,7 @@ type request struct {
 // authenticate verifies the request's signature, timestamp, security token
 // and nonce, in that order, and fills in req.action and req.version.
 func (s *Simulator) authenticate(req *request, now time.Time) *apiError {
-	if authz := req.r.Header.Get("Authorization"); strings.HasPrefix(authz, upstream.V3Algorithm) {
+	if authz := req.r.Header.Get("Authorization"); strings.HasPrefix(authz, acs.V3Algorithm) {
 		return s.authV3(req, authz, now)
 	}
 	if _, ok := req.params["Signature"]; ok {
@@ -51,7 +47,7 @@ func (s *Simulator) authenticate(req *request, now time.Time) *apiError {
 
 func (s *Simulator) authV3(req *request, authz string, now time.Time) *apiError {
 	r := req.r
-	akID, signedList, signature, ok := parseV3Authorization(authz)
+	akID, signedList, signature, ok := acs.ParseV3Authorization(authz)
 	if !ok {
 		return errIncomplete("The Authorization header must be \"ACS3-HMAC-SHA256 Credential=<AccessKeyId>,SignedHeaders=<names>,Signature=<hex>\".")
 	}
@@ -84,20 +80,29 @@ func (s *Simulator) authV3(req *request, authz string, now time.Time) *apiError 
 	if hashed != payloadHash(req.body) {
 		return errSignature("The x-acs-content-sha256 header does not match the SHA-256 of the request body.")
 	}
-	headers := make(map[string]string, len(names))
+	// Recompute the signature over the headers the request says it signed,
+	// no more: an x-acs- header it left out of the list is not ours to add.
+	// A listed header that is missing is signed as empty.
+	host := ""
+	header := make(http.Header, len(names))
 	for _, name := range names {
 		if name == "host" {
-			headers[name] = r.Host
-		} else {
-			headers[name] = strings.Join(r.Header.Values(name), ",")
+			host = r.Host
+			continue
 		}
+		vs := r.Header.Values(name)
+		if len(vs) == 0 {
+			vs = []string{""}
+		}
+		header[name] = vs
 	}
-	want, wantList := upstream.V3Request{
+	want, wantList := acs.V3Request{
 		Method:        r.Method,
+		Host:          host,
 		Query:         req.query,
-		Headers:       headers,
+		Header:        header,
 		HashedPayload: hashed,
-	}.Sign(key.AccessKeySecret)
+	}.Signature(key.AccessKeySecret)
 	if wantList != signedList {
 		return errIncomplete("SignedHeaders must be lower-case names sorted in byte order, each once.")
 	}
@@ -140,13 +145,13 @@ func (s *Simulator) authV1(req *request, now time.Time) *apiError {
 	// req.params is this request's own map; Signature is no business
 	// parameter, so it can go.
 	delete(p, "Signature")
-	want := upstream.V1Signature(key.AccessKeySecret, req.r.Method, p)
+	want := acs.V1Signature(key.AccessKeySecret, req.r.Method, p)
 	if !hmac.Equal([]byte(want), []byte(signature)) {
 		// Like the real endpoint, quote the string to sign. It carries the
 		// AccessKeyId and any STS token, which is why the gateway must never
 		// pass this message on.
 		return errSignature("Specified signature is not matched with our calculation. server string to sign is:" +
-			upstream.V1StringToSign(req.r.Method, p))
+			acs.V1StringToSign(req.r.Method, p))
 	}
 	if e := checkSecurityToken(key, p.Get("SecurityToken")); e != nil {
 		return e
@@ -159,31 +164,11 @@ func (s *Simulator) authV1(req *request, now time.Time) *apiError {
 	return nil
 }
 
-// parseV3Authorization splits "ACS3-HMAC-SHA256 Credential=a,SignedHeaders=b,Signature=c".
-func parseV3Authorization(h string) (akID, signedHeaders, signature string, ok bool) {
-	rest, ok := strings.CutPrefix(h, upstream.V3Algorithm+" ")
-	if !ok {
-		return "", "", "", false
-	}
-	for part := range strings.SplitSeq(rest, ",") {
-		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
-		switch k {
-		case "Credential":
-			akID = v
-		case "SignedHeaders":
-			signedHeaders = v
-		case "Signature":
-			signature = v
-		}
-	}
-	return akID, signedHeaders, signature, akID != "" && signedHeaders != "" && signature != ""
-}
-
 func checkTimestamp(v string, now time.Time) *apiError {
-	ts, err := time.Parse(timestampLayout, v)
+	ts, err := time.Parse(acs.TimestampLayout, v)
 	if err != nil {
 		return &apiError{status: http.StatusBadRequest, code: "InvalidTimeStamp.Format", kind: kindAuth,
-			msg: "Specified time stamp or date value is not well formatted; use UTC " + timestampLayout + "."}
+			msg: "Specified time stamp or date value is not well formatted; use UTC " + acs.TimestampLayout + "."}
 	}
 	if d := ts.Sub(now); d > skewWindow || d < -skewWindow {
 		return &apiError{status: http.StatusBadRequest, code: "InvalidTimeStamp.Expired", kind: kindAuth,

@@ -3,7 +3,8 @@
 // and benchmarks.
 //
 // The simulator verifies signature V3 (ACS3-HMAC-SHA256) and V1
-// (HMAC-SHA1) with the signing code of package upstream, checks timestamps
+// (HMAC-SHA1) with package acs, the signer the client uses too (checked
+// against Alibaba's official signing code; see its doc), checks timestamps
 // (15 minutes either way), signature nonces and STS security tokens, and
 // answers with the upstream's JSON, errors included. Each desktop's records
 // are a pure function of the seed, the desktop id and the record index, made
@@ -60,7 +61,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/acs"
 )
 
 const (
@@ -508,7 +509,7 @@ func readBody(req *request) *apiError {
 
 func payloadHash(body []byte) string {
 	if len(body) == 0 {
-		return upstream.EmptyPayloadHash
+		return acs.EmptyPayloadHash
 	}
 	sum := sha256.Sum256(body)
 	return hex.EncodeToString(sum[:])

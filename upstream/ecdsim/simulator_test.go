@@ -22,7 +22,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/acs"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
 )
 
@@ -102,58 +102,56 @@ func (c call) request(t testing.TB) *http.Request {
 		if token != "" {
 			params.Set("SecurityToken", token)
 		}
-		params.Set("Signature", upstream.V1Signature(secret, method, params))
+		params.Set("Signature", acs.V1Signature(secret, method, params))
 		if c.form {
-			body = upstream.CanonicalQuery(params)
+			body = acs.CanonicalQuery(params)
 			header.Set("Content-Type", formType)
 		} else {
 			query = params
 		}
 	} else {
 		if c.form {
-			body = upstream.CanonicalQuery(params)
+			body = acs.CanonicalQuery(params)
 		} else {
 			query = params
 		}
-		hashed := upstream.EmptyPayloadHash
+		hashed := acs.EmptyPayloadHash
 		if body != "" {
 			sum := sha256.Sum256([]byte(body))
 			hashed = hex.EncodeToString(sum[:])
 		}
-		signed := map[string]string{
-			"host":                  testHost,
-			"x-acs-action":          act,
-			"x-acs-version":         ver,
-			"x-acs-date":            date,
-			"x-acs-signature-nonce": nonce,
-			"x-acs-content-sha256":  hashed,
-		}
+		header.Set("x-acs-action", act)
+		header.Set("x-acs-version", ver)
+		header.Set("x-acs-date", date)
+		header.Set("x-acs-signature-nonce", nonce)
+		header.Set("x-acs-content-sha256", hashed)
 		if token != "" {
-			signed["x-acs-security-token"] = token
+			header.Set("x-acs-security-token", token)
 		}
 		if c.form {
-			signed["content-type"] = formType
+			header.Set("content-type", formType)
 		}
-		for name, v := range signed {
-			if name != "host" {
-				header.Set(name, v)
-			}
+		signed := header.Clone()
+		signed.Del(c.unsigned)
+		host := testHost
+		if c.unsigned == "host" {
+			host = ""
 		}
-		delete(signed, c.unsigned)
-		sig, signedHeaders := upstream.V3Request{
+		sig, signedHeaders := acs.V3Request{
 			Method:        method,
+			Host:          host,
 			Query:         query,
-			Headers:       signed,
+			Header:        signed,
 			HashedPayload: hashed,
-		}.Sign(secret)
-		header.Set("Authorization", upstream.V3Authorization(c.key.AccessKeyID, signedHeaders, sig))
+		}.Signature(secret)
+		header.Set("Authorization", acs.V3Authorization(c.key.AccessKeyID, signedHeaders, sig))
 		if c.tamper != "" {
 			body = c.tamper
 		}
 	}
 	target := "http://" + testHost + "/"
 	if len(query) > 0 {
-		target += "?" + upstream.CanonicalQuery(query)
+		target += "?" + acs.CanonicalQuery(query)
 	}
 	r := httptest.NewRequest(method, target, strings.NewReader(body))
 	maps.Copy(r.Header, header)
@@ -490,13 +488,13 @@ func TestErrors(t *testing.T) {
 
 	t.Run("no signature", func(t *testing.T) {
 		t.Parallel()
-		r := httptest.NewRequest(http.MethodPost, "http://"+testHost+"/?"+upstream.CanonicalQuery(params(id)), nil)
+		r := httptest.NewRequest(http.MethodPost, "http://"+testHost+"/?"+acs.CanonicalQuery(params(id)), nil)
 		mustFail(t, sim, r, 400, "IncompleteSignature")
 	})
 	t.Run("malformed Authorization", func(t *testing.T) {
 		t.Parallel()
 		r := v3.request(t)
-		r.Header.Set("Authorization", upstream.V3Algorithm+" Credential="+longKey.AccessKeyID)
+		r.Header.Set("Authorization", acs.V3Algorithm+" Credential="+longKey.AccessKeyID)
 		mustFail(t, sim, r, 400, "IncompleteSignature")
 	})
 	t.Run("unparseable timestamp", func(t *testing.T) {
@@ -905,19 +903,14 @@ func TestOverHTTP(t *testing.T) {
 // resignV3 signs r again for host, keeping its nonce and date.
 func resignV3(t testing.TB, r *http.Request, c call, host string) *http.Request {
 	t.Helper()
-	signed := map[string]string{"host": host}
-	for name := range r.Header {
-		if l := strings.ToLower(name); strings.HasPrefix(l, "x-acs-") || l == "content-type" {
-			signed[l] = r.Header.Get(name)
-		}
-	}
-	sig, names := upstream.V3Request{
+	sig, names := acs.V3Request{
 		Method:        r.Method,
+		Host:          host,
 		Query:         r.URL.Query(),
-		Headers:       signed,
+		Header:        r.Header,
 		HashedPayload: r.Header.Get("x-acs-content-sha256"),
-	}.Sign(c.key.AccessKeySecret)
-	r.Header.Set("Authorization", upstream.V3Authorization(c.key.AccessKeyID, names, sig))
+	}.Signature(c.key.AccessKeySecret)
+	r.Header.Set("Authorization", acs.V3Authorization(c.key.AccessKeyID, names, sig))
 	return r
 }
 
