@@ -21,17 +21,20 @@ func statusOf(n int) imagerecordsv1.ImageModificationStatus {
 	return imagerecordsv1.ImageModificationStatus_IMAGE_MODIFICATION_STATUS_UNSPECIFIED
 }
 
-// convertRecords turns upstream records into proto records. The records
-// and their timestamps are allocated as one block each per page, not one
-// object each: a page is sent, and freed, as a whole.
+// convertRecords turns upstream records into proto records. The records,
+// their timestamps and their upstream_status values are allocated as one
+// block each per page, not one object each: a page is sent, and freed, as a
+// whole.
 func convertRecords(in []upstream.Record) []*imagerecordsv1.ImageModifiedRecord {
 	out := make([]*imagerecordsv1.ImageModifiedRecord, len(in))
 	records := make([]imagerecordsv1.ImageModifiedRecord, len(in))
 	times := make([]timestamppb.Timestamp, len(in))
+	upstreamStatuses := make([]int32, len(in))
 	for i := range in {
 		r, pr := &in[i], &records[i]
 		pr.Status = statusOf(r.Status)
-		pr.UpstreamStatus = int32(r.Status)
+		upstreamStatuses[i] = int32(r.Status)
+		pr.UpstreamStatus = &upstreamStatuses[i]
 		pr.ImageId = r.ImageID
 		pr.ImageName = r.ImageName
 		pr.NewImageId = r.NewImageID

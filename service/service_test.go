@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
 	"github.com/imagerecords/imagerecords/service"
@@ -79,6 +81,22 @@ func TestListConvertsRecords(t *testing.T) {
 		if r.GetStatus() != w.status || r.GetUpstreamStatus() != w.upstream {
 			t.Errorf("record %d: status %v/%d, want %v/%d", i, r.GetStatus(), r.GetUpstreamStatus(), w.status, w.upstream)
 		}
+		if r.UpstreamStatus == nil {
+			t.Errorf("record %d: upstream_status is not set", i)
+		}
+	}
+	// upstream_status 0 (in progress) is the proto3 default: only presence
+	// keeps it in JSON, where the README promises the raw number.
+	js, err := protojson.Marshal(res.GetRecords()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fields map[string]any
+	if err := json.Unmarshal(js, &fields); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := fields["upstreamStatus"]; !ok || v != 0.0 {
+		t.Errorf("record 0 as JSON has upstreamStatus %v (present %t), want 0: %s", v, ok, js)
 	}
 	r := res.GetRecords()[0]
 	if !r.GetUpdateTime().AsTime().Equal(when) || r.GetImageName() != "Windows 镜像 a" || r.GetNewImageId() != "m-2" {

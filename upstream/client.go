@@ -247,7 +247,13 @@ func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeIn
 	for attempt := 1; ; attempt++ {
 		if c.limiter != nil {
 			if err := c.limiter.Wait(ctx); err != nil {
-				return nil, fmt.Errorf("waiting for the upstream rate limit: %w", errors.Join(err, context.Cause(ctx)))
+				cause := context.Cause(ctx)
+				if cause == nil {
+					// The limiter refuses at once a wait that would outlast
+					// ctx's deadline: the call cannot finish in time.
+					cause = context.DeadlineExceeded
+				}
+				return nil, fmt.Errorf("waiting for the upstream rate limit: %w", errors.Join(err, cause))
 			}
 		}
 		page, err := c.attempt(ctx, in, attempt)

@@ -182,6 +182,11 @@ func TestRateLimitNeverWaitsPastTheDeadline(t *testing.T) {
 	if err == nil || len(sc.Requests()) != 1 {
 		t.Fatalf("err = %v after %d upstream calls; want a rate-limit error and no second call", err, len(sc.Requests()))
 	}
+	// The call cannot finish within the caller's deadline: that is what the
+	// caller must learn (DEADLINE_EXCEEDED), not an unreachable upstream.
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v; want it to wrap context.DeadlineExceeded", err)
+	}
 	if elapsed := time.Since(start); elapsed >= time.Second {
 		t.Errorf("waited %v, until the deadline, for a token that could not come in time", elapsed)
 	}

@@ -91,8 +91,9 @@ type ImageModifiedRecord struct {
 	// The state of the change.
 	Status ImageModificationStatus `protobuf:"varint,1,opt,name=status,proto3,enum=ecd.imagerecords.v1.ImageModificationStatus" json:"status,omitempty"`
 	// The raw upstream Status number, kept so that a value unknown to this
-	// version (status UNSPECIFIED) is never lost.
-	UpstreamStatus int32 `protobuf:"varint,2,opt,name=upstream_status,json=upstreamStatus,proto3" json:"upstream_status,omitempty"`
+	// version (status UNSPECIFIED) is never lost. Always set: it has presence
+	// so that JSON shows 0 (in progress) instead of leaving the field out.
+	UpstreamStatus *int32 `protobuf:"varint,2,opt,name=upstream_status,json=upstreamStatus,proto3,oneof" json:"upstream_status,omitempty"`
 	// When the change last moved, with millisecond precision.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// The image before the change.
@@ -147,8 +148,8 @@ func (x *ImageModifiedRecord) GetStatus() ImageModificationStatus {
 }
 
 func (x *ImageModifiedRecord) GetUpstreamStatus() int32 {
-	if x != nil {
-		return x.UpstreamStatus
+	if x != nil && x.UpstreamStatus != nil {
+		return *x.UpstreamStatus
 	}
 	return 0
 }
@@ -495,10 +496,10 @@ var File_ecd_imagerecords_v1_image_records_proto protoreflect.FileDescriptor
 
 const file_ecd_imagerecords_v1_image_records_proto_rawDesc = "" +
 	"\n" +
-	"'ecd/imagerecords/v1/image_records.proto\x12\x13ecd.imagerecords.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x02\n" +
+	"'ecd/imagerecords/v1/image_records.proto\x12\x13ecd.imagerecords.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x02\n" +
 	"\x13ImageModifiedRecord\x12D\n" +
-	"\x06status\x18\x01 \x01(\x0e2,.ecd.imagerecords.v1.ImageModificationStatusR\x06status\x12'\n" +
-	"\x0fupstream_status\x18\x02 \x01(\x05R\x0eupstreamStatus\x12;\n" +
+	"\x06status\x18\x01 \x01(\x0e2,.ecd.imagerecords.v1.ImageModificationStatusR\x06status\x12,\n" +
+	"\x0fupstream_status\x18\x02 \x01(\x05H\x00R\x0eupstreamStatus\x88\x01\x01\x12;\n" +
 	"\vupdate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x19\n" +
 	"\bimage_id\x18\x04 \x01(\tR\aimageId\x12\x1d\n" +
@@ -507,7 +508,8 @@ const file_ecd_imagerecords_v1_image_records_proto_rawDesc = "" +
 	"\fnew_image_id\x18\x06 \x01(\tR\n" +
 	"newImageId\x12$\n" +
 	"\x0enew_image_name\x18\a \x01(\tR\fnewImageName\x12\x16\n" +
-	"\x06reason\x18\b \x01(\tR\x06reason\"\x99\x01\n" +
+	"\x06reason\x18\b \x01(\tR\x06reasonB\x12\n" +
+	"\x10_upstream_status\"\x99\x01\n" +
 	"\x1fListImageModifiedRecordsRequest\x12\x1b\n" +
 	"\tregion_id\x18\x01 \x01(\tR\bregionId\x12\x1d\n" +
 	"\n" +
@@ -590,6 +592,7 @@ func file_ecd_imagerecords_v1_image_records_proto_init() {
 	if File_ecd_imagerecords_v1_image_records_proto != nil {
 		return
 	}
+	file_ecd_imagerecords_v1_image_records_proto_msgTypes[0].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
