@@ -20,7 +20,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
-	"golang.org/x/time/rate"
 
 	"github.com/imagerecords/imagerecords/upstream/acs"
 )
@@ -110,7 +109,8 @@ type Client struct {
 	tracer           trace.Tracer
 	meterProvider    metric.MeterProvider
 	metrics          instruments
-	limiter          *rate.Limiter
+	pacer            *Pacer
+	maxWait          time.Duration
 	budget           *RetryBudget
 	attemptTimeout   time.Duration
 }
@@ -185,6 +185,7 @@ func NewClient(creds CredentialsProvider, opts ...Option) *Client {
 		meterProvider:    otel.GetMeterProvider(),
 		budget:           NewRetryBudget(0.1, 20),
 		attemptTimeout:   DefaultAttemptTimeout,
+		maxWait:          DefaultMaxWait,
 	}
 	for _, opt := range opts {
 		opt(c)
@@ -192,7 +193,11 @@ func NewClient(creds CredentialsProvider, opts ...Option) *Client {
 	if c.transport == nil {
 		c.transport = NewTransport()
 	}
+	if c.pacer == nil {
+		c.pacer = NewPacer(0, 1)
+	}
 	c.metrics = newInstruments(c.meterProvider)
+	c.metrics.observePacer(c.meterProvider, c.pacer)
 	c.tracer = c.tracerProvider.Tracer(instrumentationName)
 	c.httpClient = &http.Client{
 		// No trace context is sent: the upstream is a third party.
@@ -230,33 +235,46 @@ func (c *Client) Endpoint(region string) string {
 	return "https://ecd." + region + ".aliyuncs.com"
 }
 
-// DescribeImageModifiedRecords fetches one page. A failed attempt is retried
-// when another may succeed ([RetryPolicy], [RetryBudget]): throttling,
+// DescribeImageModifiedRecords fetches one page. Every attempt waits for
+// its turn with the client's [Pacer]. A throttled attempt is retried,
+// paced, until the caller's deadline or until the page has waited the
+// client's max wait ([WithMaxWait]): throttling is backpressure, and
+// spends neither attempts nor the retry budget. Other failures are
+// retried when another attempt may succeed ([RetryPolicy], [RetryBudget]):
 // transient upstream faults and network errors with backoff, a used nonce
-// or an expired STS token once at once; never once ctx is done or when
-// the wait would end past its deadline. Errors are an [*APIError] for an
+// or an expired STS token once at once; never once ctx is done or when the
+// wait would end past its deadline. Errors are an [*APIError] for an
 // upstream error answer, [ErrMalformedResponse] for an answer that makes
-// no sense, [ErrNoCredentials], or a network or context error.
+// no sense, [ErrNoCredentials], [ErrPacingDeadline] when the caller's
+// deadline comes before a turn, or a network or context error.
 func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeInput) (*Page, error) {
 	if err := in.check(); err != nil {
 		return nil, err
 	}
 	stats := callStatsFrom(ctx)
 	c.budget.onCall()
+	start := time.Now()
+	var waited time.Duration // for quota: turns and throttling hints
+	attempt, failures := 0, 0
 	retriedOnce := false // the one retry of a used nonce or an expired token
-	for attempt := 1; ; attempt++ {
-		if c.limiter != nil {
-			if err := c.limiter.Wait(ctx); err != nil {
-				cause := context.Cause(ctx)
-				if cause == nil {
-					// The limiter refuses at once a wait that would outlast
-					// ctx's deadline: the call cannot finish in time.
-					cause = context.DeadlineExceeded
-				}
-				return nil, fmt.Errorf("waiting for the upstream rate limit: %w", errors.Join(err, cause))
-			}
+	var last error       // the error of the previous attempt, when retrying
+	for {
+		w, err := c.pacer.Wait(ctx)
+		waited += w
+		c.metrics.quotaWait.Record(ctx, w.Seconds())
+		switch {
+		case err == nil:
+		case last == nil:
+			return nil, fmt.Errorf("waiting for an upstream quota turn: %w", err)
+		case errors.Is(err, ErrPacingDeadline):
+			return nil, last // no turn before the deadline: the last answer stands
+		default:
+			return nil, fmt.Errorf("waiting to retry after %w: %w", last, err)
 		}
+		attempt++
+		sent := time.Now()
 		page, err := c.attempt(ctx, in, attempt)
+		c.pacer.Observe(sent, outcomeOf(err))
 		if stats != nil {
 			stats.Calls.Add(1)
 		}
@@ -264,16 +282,24 @@ func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeIn
 			c.budget.onSuccess()
 			return page, nil
 		}
-		delay, retry := c.nextDelay(ctx, err, attempt, &retriedOnce)
+		var delay time.Duration
+		retry := false
+		if classify(err) == retryThrottled {
+			delay, retry = c.throttledDelay(ctx, err, waited, start)
+			waited += delay
+		} else {
+			failures++
+			if delay, retry = c.nextDelay(ctx, err, failures, &retriedOnce); retry && !c.budget.withdraw() {
+				c.metrics.budgetExhausted.Add(ctx, 1)
+				retry = false
+			}
+		}
+		last = err
 		if !retry {
 			if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
 				// The caller gave up while this attempt ended: say both.
 				err = fmt.Errorf("%w (after %w)", cause, err)
 			}
-			return nil, err
-		}
-		if !c.budget.withdraw() {
-			c.metrics.budgetExhausted.Add(ctx, 1)
 			return nil, err
 		}
 		code := errorCode(err)
@@ -288,21 +314,54 @@ func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeIn
 		))
 		c.logger.LogAttrs(ctx, slog.LevelDebug, "retrying upstream call",
 			slog.Int("attempt", attempt), slog.Duration("backoff", delay), slog.String("error", err.Error()))
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("waiting to retry after %w: %w", err, context.Cause(ctx))
-		case <-t.C:
+		if delay > 0 {
+			t := time.NewTimer(delay)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, fmt.Errorf("waiting to retry after %w: %w", err, context.Cause(ctx))
+			case <-t.C:
+			}
 		}
 	}
 }
 
-// nextDelay puts the retry pieces together for the attempt that failed
-// with err: whether to retry, and after how long.
-func (c *Client) nextDelay(ctx context.Context, err error, attempt int, retriedOnce *bool) (time.Duration, bool) {
+// outcomeOf is what an attempt's error tells the pacer.
+func outcomeOf(err error) Outcome {
+	switch {
+	case err == nil:
+		return Succeeded
+	case classify(err) == retryThrottled:
+		return Throttled
+	}
+	return Failed
+}
+
+// throttledDelay says whether a throttled page is tried again, and after
+// how long beyond its next turn with the pacer (which the throttle has
+// slowed): the upstream's TimeLeft hint if it sent one. Not once the page
+// has waited the max wait, or when the hint would outlast it or the
+// caller's deadline.
+func (c *Client) throttledDelay(ctx context.Context, err error, waited time.Duration, start time.Time) (time.Duration, bool) {
+	if ctx.Err() != nil {
+		return 0, false
+	}
+	var hint time.Duration
+	if apiErr, ok := errors.AsType[*APIError](err); ok {
+		hint, _ = apiErr.ThrottlingHint()
+	}
+	if c.maxWait <= 0 || waited+hint > c.maxWait || time.Since(start) > c.maxWait+c.attemptTimeout {
+		return 0, false // the caller learns the wait from RetryInfo
+	}
+	return hint, fitsDeadline(ctx, hint)
+}
+
+// nextDelay puts the retry pieces together for a failed attempt that was
+// not throttled, the failures-th of the call: whether to retry, and after
+// how long.
+func (c *Client) nextDelay(ctx context.Context, err error, failures int, retriedOnce *bool) (time.Duration, bool) {
 	class := classify(err)
-	if class == noRetry || attempt >= c.retry.MaxAttempts || ctx.Err() != nil {
+	if class == noRetry || failures >= c.retry.MaxAttempts || ctx.Err() != nil {
 		return 0, false
 	}
 	if class == retryOnce {
@@ -312,15 +371,7 @@ func (c *Client) nextDelay(ctx context.Context, err error, attempt int, retriedO
 		*retriedOnce = true
 		return 0, true
 	}
-	delay := c.retry.Backoff(attempt)
-	if apiErr, ok := errors.AsType[*APIError](err); ok && class == retryThrottled {
-		if hint, ok := apiErr.ThrottlingHint(); ok {
-			if hint > c.retry.MaxDelay {
-				return 0, false // the caller learns the wait from RetryInfo
-			}
-			delay = max(delay, hint)
-		}
-	}
+	delay := c.retry.Backoff(failures)
 	return delay, fitsDeadline(ctx, delay)
 }
 

@@ -82,7 +82,8 @@ func TestAPIErrorFromResponse(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			sc := upstreamtest.InOrder(t, tc.step)
-			c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(1)))
+			// One answer, no retry of any kind: the test reads one error.
+			c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(1)), upstream.WithMaxWait(0))
 			_, err := describe(t, c)
 			apiErr, ok := errors.AsType[*upstream.APIError](err)
 			if !ok {

@@ -6,25 +6,33 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
-// WithRateLimit shares one token bucket of qps upstream attempts per second
-// (burst at most at once) among every call of the client, retries
-// included, so that all the gateway's callers together stay under the
-// account's quota. An attempt waits for a token; if its context would end
-// first, it fails at once with the context's error. qps <= 0 disables the
-// limit. Default: no limit.
+// WithRateLimit paces every upstream attempt of the client, retries
+// included, with one [Pacer] whose rate never exceeds qps calls per second
+// (burst at most at once) and adapts to throttling below it, so that all
+// the gateway's callers together stay within the account's quota. An
+// attempt waits for its turn; if its context would end first, it fails at
+// once with [ErrPacingDeadline]. qps <= 0 sets no ceiling: calls are not
+// spaced until the upstream throttles. Default: [NewPacer](0, 1).
 func WithRateLimit(qps float64, burst int) Option {
-	return func(c *Client) {
-		if qps <= 0 {
-			c.limiter = nil
-			return
-		}
-		c.limiter = rate.NewLimiter(rate.Limit(qps), max(burst, 1))
-	}
+	return func(c *Client) { c.pacer = NewPacer(qps, burst) }
 }
+
+// WithMaxWait bounds how long one page may wait for quota: throttled
+// attempts are retried, paced, until the caller's deadline or until the
+// page has waited d, and then fail with the last throttling error; d <= 0
+// does not retry throttling at all. Default: [DefaultMaxWait].
+func WithMaxWait(d time.Duration) Option {
+	return func(c *Client) { c.maxWait = d }
+}
+
+// DefaultMaxWait is how long one page may wait for quota by default: far
+// longer than the few seconds pacing takes to settle on a busy account's
+// quota, short enough that an account whose quota is gone for good (used
+// up by another application, or zero) surfaces as an error within half a
+// minute instead of holding callers that set no deadline.
+const DefaultMaxWait = 30 * time.Second
 
 // WithAttemptTimeout bounds one attempt — connecting, sending, and reading
 // the whole answer — so that a stalled or slow-dripping upstream costs a

@@ -154,8 +154,8 @@ func TestThrottlingHintIsHonoured(t *testing.T) {
 		t.Errorf("retried after %v in %d attempts, want after the hinted 300 ms", elapsed, len(sc.Requests()))
 	}
 
-	// A hint longer than the policy's MaxDelay is not waited for: the
-	// caller gets the throttling error, with the hint, at once.
+	// A hint longer than the max wait (30 s by default) is not waited for:
+	// the caller gets the throttling error, with the hint, at once.
 	sc = upstreamtest.InOrder(t, hinted("60000"), upstreamtest.Answer{Status: http.StatusOK, Body: upstreamtest.OKBody})
 	c = upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(policy))
 	_, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"})

@@ -61,24 +61,24 @@ func classify(err error) retryClass {
 	return noRetry
 }
 
-// RetryPolicy bounds and paces retries: at most MaxAttempts attempts per
-// call, with capped exponential backoff and full jitter between them.
-// Every attempt is signed anew, with a fresh nonce and freshly fetched
-// credentials.
+// RetryPolicy bounds and spaces the retries of failures other than
+// throttling (which the [Pacer] and [WithMaxWait] handle): at most
+// MaxAttempts failed attempts per call, with capped exponential backoff and
+// full jitter between them. Every attempt is signed anew, with a fresh
+// nonce and freshly fetched credentials.
 type RetryPolicy struct {
-	// MaxAttempts bounds the attempts per call, the first included; 1
-	// disables retries.
+	// MaxAttempts bounds the failed attempts per call that were not
+	// throttled; 1 disables their retries.
 	MaxAttempts int
 	// BaseDelay is the backoff cap of the first retry.
 	BaseDelay time.Duration
-	// MaxDelay caps every backoff, and bounds the throttling hint the
-	// client waits for: a longer hint is returned to the caller instead.
+	// MaxDelay caps every backoff.
 	MaxDelay time.Duration
 }
 
 // DefaultRetryPolicy returns 4 attempts with backoff capped at 100 ms,
-// 200 ms, 400 ms (MaxDelay 2 s bounds longer hints): a failing page costs
-// at most 0.7 s of waiting.
+// 200 ms, 400 ms (and 2 s beyond): a failing page costs at most 0.7 s of
+// backoff.
 func DefaultRetryPolicy() RetryPolicy {
 	return RetryPolicy{MaxAttempts: 4, BaseDelay: 100 * time.Millisecond, MaxDelay: 2 * time.Second}
 }

@@ -238,62 +238,75 @@ func TestOnceOnlyRetryDoesNotUseUpThrottlingRetries(t *testing.T) {
 	}
 }
 
-func TestPersistentThrottlingStopsAtMaxAttempts(t *testing.T) {
+// TestPersistentThrottlingWaitsUpToTheMaxWait: throttling is retried,
+// paced, spending neither failed attempts (MaxAttempts is 1 here) nor the
+// retry budget (empty here), until the page has waited the max wait; then
+// the caller gets the throttling error.
+func TestPersistentThrottlingWaitsUpToTheMaxWait(t *testing.T) {
+	t.Parallel()
+	sc := upstreamtest.InOrder(t, fail(http.StatusBadRequest, "Throttling.User"))
+	creds := &countingCreds{creds: upstream.Credentials(staticCreds(longKey))}
+	const maxWait = 300 * time.Millisecond // not the default 30 s: a test must end
+	c := upstream.NewClient(creds, upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(1)),
+		upstream.WithRetryBudget(upstream.NewRetryBudget(0, 0)), upstream.WithMaxWait(maxWait), upstream.WithRateLimit(100, 1))
+	start := time.Now()
+	_, err := describe(t, c)
+	elapsed := time.Since(start)
+	apiErr, isAPI := errors.AsType[*upstream.APIError](err)
+	if !isAPI || apiErr.Code != "Throttling.User" || apiErr.Kind() != upstream.KindThrottled {
+		t.Fatalf("error %v, want *APIError Throttling.User", err)
+	}
+	n := len(sc.Requests())
+	if n < 3 {
+		t.Errorf("%d attempts in %v: throttling was not retried", n, elapsed)
+	}
+	if elapsed < maxWait || elapsed > maxWait+2*time.Second {
+		t.Errorf("gave up after %v, want after the max wait of %v", elapsed, maxWait)
+	}
+	if got := creds.n.Load(); got != int64(n) {
+		t.Errorf("credentials fetched %d times for %d attempts, want once per attempt", got, n)
+	}
+	checkDistinctNonces(t, sc.Requests())
+}
+
+// TestRetryNeverWaitsPastTheDeadline: neither a backoff nor a turn with
+// the pacer is waited for when it would end past the caller's deadline:
+// the client gives up at once with the upstream's last error.
+func TestRetryNeverWaitsPastTheDeadline(t *testing.T) {
 	t.Parallel()
 	testCases := []struct {
-		name        string
-		maxAttempts int
-		want        int
+		name string
+		code string
+		opts []upstream.Option
 	}{
-		{"retries disabled", 1, 1},
-		{"two attempts", 2, 2},
-		{"five attempts", 5, 5},
+		// The backoff is drawn uniformly from [0, cap] (full jitter); with a
+		// cap of 1000 h the chance that it fits under the deadline is ~1e-6.
+		{"backoff of a 503", "ServiceUnavailable", []upstream.Option{
+			upstream.WithRetryPolicy(upstream.RetryPolicy{MaxAttempts: 5, BaseDelay: 1000 * time.Hour, MaxDelay: 1000 * time.Hour})}},
+		// One turn every 10 s: the turn after the throttle is past the deadline.
+		{"turn after a throttle", "Throttling.User", []upstream.Option{upstream.WithRateLimit(0.1, 1)}},
 	}
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			sc := upstreamtest.InOrder(t, fail(http.StatusBadRequest, "Throttling.User"))
-			creds := &countingCreds{creds: upstream.Credentials(staticCreds(longKey))}
-			c := upstream.NewClient(creds, upstream.WithEndpoint(sc.URL), upstream.WithRetryPolicy(fastRetry(tc.maxAttempts)))
-			_, err := describe(t, c)
-			apiErr, isAPI := errors.AsType[*upstream.APIError](err)
-			if !isAPI || apiErr.Code != "Throttling.User" || apiErr.Kind() != upstream.KindThrottled {
-				t.Fatalf("error %v, want *APIError Throttling.User", err)
+			sc := upstreamtest.InOrder(t, fail(http.StatusServiceUnavailable, tc.code))
+			c := upstream.NewClient(staticCreds(longKey), append([]upstream.Option{upstream.WithEndpoint(sc.URL)}, tc.opts...)...)
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+			defer cancel()
+			_, err := c.DescribeImageModifiedRecords(ctx, upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-x"})
+			if ctx.Err() != nil {
+				t.Errorf("returned only after the deadline (%v); it must give up at once", ctx.Err())
 			}
-			if n := len(sc.Requests()); n != tc.want {
-				t.Errorf("%d attempts, want %d", n, tc.want)
+			if errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("error %v is a context error; want the upstream's *APIError", err)
 			}
-			if n := creds.n.Load(); n != int64(tc.want) {
-				t.Errorf("credentials fetched %d times, want %d (once per attempt)", n, tc.want)
+			if apiErr, isAPI := errors.AsType[*upstream.APIError](err); !isAPI || apiErr.Code != tc.code {
+				t.Errorf("error %v, want *APIError %s", err, tc.code)
 			}
-			checkDistinctNonces(t, sc.Requests())
+			if n := len(sc.Requests()); n != 1 {
+				t.Errorf("%d attempts, want 1", n)
+			}
 		})
-	}
-}
-
-func TestRetryNeverWaitsPastTheDeadline(t *testing.T) {
-	t.Parallel()
-	// The backoff is drawn uniformly from [0, cap] (full jitter); with a
-	// cap of 1000 h the chance that it fits under the deadline is ~1e-6,
-	// so the first retry's wait would end past the deadline and the client
-	// must give up at once with the upstream's error.
-	sc := upstreamtest.InOrder(t, fail(http.StatusBadRequest, "Throttling.User"))
-	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(sc.URL),
-		upstream.WithRetryPolicy(upstream.RetryPolicy{MaxAttempts: 5, BaseDelay: 1000 * time.Hour, MaxDelay: 1000 * time.Hour}))
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
-	defer cancel()
-	_, err := c.DescribeImageModifiedRecords(ctx, upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-x"})
-	if ctx.Err() != nil {
-		t.Errorf("returned only after the deadline (%v); it must give up at once", ctx.Err())
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("error %v is a context error; want the upstream's *APIError", err)
-	}
-	if apiErr, isAPI := errors.AsType[*upstream.APIError](err); !isAPI || apiErr.Code != "Throttling.User" {
-		t.Errorf("error %v, want *APIError Throttling.User", err)
-	}
-	if n := len(sc.Requests()); n != 1 {
-		t.Errorf("%d attempts, want 1", n)
 	}
 }
 

@@ -25,6 +25,8 @@ type instruments struct {
 	throttles metric.Int64Counter
 	// budgetExhausted counts retries the retry budget refused.
 	budgetExhausted metric.Int64Counter
+	// quotaWait is the time attempts waited for their turn with the pacer.
+	quotaWait metric.Float64Histogram
 }
 
 func newInstruments(mp metric.MeterProvider) instruments {
@@ -41,9 +43,30 @@ func newInstruments(mp metric.MeterProvider) instruments {
 		metric.WithDescription("Upstream attempts retried, by the error that caused the retry."), metric.WithUnit("{retry}"))
 	in.throttles, _ = m.Int64Counter("imagerecords.upstream.throttles",
 		metric.WithDescription("Upstream answers that were throttling errors."), metric.WithUnit("{call}"))
+	in.quotaWait, _ = m.Float64Histogram("imagerecords.upstream.quota_wait",
+		metric.WithDescription("Time upstream attempts waited for their turn with the pacer."), metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 	in.budgetExhausted, _ = m.Int64Counter("imagerecords.upstream.retry_budget_exhausted",
 		metric.WithDescription("Retries not made because the retry budget was exhausted."), metric.WithUnit("{retry}"))
 	return in
+}
+
+// observePacer exports the pacer's current rate and queue.
+func (in instruments) observePacer(mp metric.MeterProvider, p *Pacer) {
+	m := mp.Meter(instrumentationName)
+	// As in newInstruments, a failed instrument is a no-op.
+	_, _ = m.Float64ObservableGauge("imagerecords.upstream.pacer.rate",
+		metric.WithDescription("The pacer's current rate of upstream attempts; 0: not spaced."), metric.WithUnit("{call}/s"),
+		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {
+			o.Observe(p.Rate())
+			return nil
+		}))
+	_, _ = m.Int64ObservableGauge("imagerecords.upstream.pacer.queued",
+		metric.WithDescription("Upstream attempts waiting for their turn with the pacer."), metric.WithUnit("{call}"),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(int64(p.Queued()))
+			return nil
+		}))
 }
 
 func (in instruments) record(ctx context.Context, d time.Duration, err error) {

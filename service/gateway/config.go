@@ -56,6 +56,14 @@ type Config struct {
 	// UpstreamAttemptTimeout bounds one upstream attempt, body included.
 	UpstreamAttemptTimeout time.Duration
 
+	// Quota: how the gateway lives within the account's API quota.
+	//
+	// UpstreamMaxWait bounds the time one page may wait for quota
+	// (throttled attempts are retried, paced, until then).
+	UpstreamMaxWait time.Duration
+	// SimulateQuota is the simulator's account quota (QPS 0: none).
+	SimulateQuota ecdsim.Quota
+
 	// TLSCert and TLSKey, when set, serve TLS instead of cleartext.
 	TLSCert, TLSKey string
 	// ClientCA, when set, requires client certificates signed by it.
@@ -88,6 +96,7 @@ func DefaultConfig() Config {
 		UpstreamQPS:            100,
 		UpstreamBurst:          20,
 		UpstreamAttemptTimeout: upstream.DefaultAttemptTimeout,
+		UpstreamMaxWait:        upstream.DefaultMaxWait,
 		Reflection:             true,
 		MaxRequestBytes:        64 << 10,
 		MaxHeaderBytes:         64 << 10,
@@ -127,6 +136,10 @@ func (c *Config) FlagSet(output io.Writer) *flag.FlagSet {
 	fs.Float64Var(&c.UpstreamQPS, "upstream-qps", c.UpstreamQPS, "upstream calls per second, shared by every RPC (retries included); 0: no limit")
 	fs.IntVar(&c.UpstreamBurst, "upstream-burst", c.UpstreamBurst, "upstream calls allowed at once above --upstream-qps")
 	fs.DurationVar(&c.UpstreamAttemptTimeout, "upstream-attempt-timeout", c.UpstreamAttemptTimeout, "bound of one upstream attempt, body included; a timed-out attempt is retried")
+	// Quota.
+	fs.DurationVar(&c.UpstreamMaxWait, "upstream-max-wait", c.UpstreamMaxWait, "how long one page may wait for quota: throttled calls are retried, paced, until then or the caller's deadline; 0: throttling is not retried")
+	fs.Float64Var(&c.SimulateQuota.QPS, "simulate-quota-qps", c.SimulateQuota.QPS, "with --simulate: the simulated account's quota in calls/s, answered Throttling.User past it; 0: none")
+	fs.IntVar(&c.SimulateQuota.Burst, "simulate-quota-burst", c.SimulateQuota.Burst, "with --simulate: calls the simulated quota allows at once; 0: --simulate-quota-qps rounded up")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate chain: serve TLS (HTTP/1.1 and h2) instead of cleartext")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key of --tls-cert")
 	fs.StringVar(&c.ClientCA, "client-ca", c.ClientCA, "PEM CA bundle: require client certificates signed by it (mTLS); needs --tls-cert")
@@ -228,6 +241,12 @@ func (c Config) Validate() error {
 		return usage("--tls-cert and --tls-key go together")
 	case c.ClientCA != "" && c.TLSCert == "":
 		return usage("--client-ca needs --tls-cert and --tls-key")
+	case c.UpstreamMaxWait < 0:
+		return usage("--upstream-max-wait %v is negative; use 0 to not retry throttling", c.UpstreamMaxWait)
+	case !c.Simulate && (c.SimulateQuota.QPS != 0 || c.SimulateQuota.Burst != 0):
+		return usage("--simulate-quota-qps and --simulate-quota-burst need --simulate")
+	case c.SimulateQuota.QPS < 0 || c.SimulateQuota.Burst < 0:
+		return usage("--simulate-quota-qps and --simulate-quota-burst must not be negative")
 	case c.MaxRequestBytes <= 0 || c.MaxHeaderBytes <= 0 || c.MaxConcurrentStreams <= 0 || c.UpstreamQPS < 0 || c.UpstreamBurst < 0:
 		return usage("limits must be positive (--upstream-qps 0 disables the rate limit)")
 	}

@@ -46,7 +46,7 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer, ready func(*
 	var sim *simulation
 	describe := cfg.UpstreamEndpoint
 	if cfg.Simulate {
-		if sim, err = startSimulation(cfg.SimulateSeed, cfg.SimulateFaults, logger); err != nil {
+		if sim, err = startSimulation(cfg, logger); err != nil {
 			return err
 		}
 		defer sim.close()
@@ -106,6 +106,7 @@ func NewUpstream(cfg Config, creds upstream.CredentialsProvider, logger *slog.Lo
 		upstream.WithMeterProvider(tel.MeterProvider),
 		upstream.WithRateLimit(cfg.UpstreamQPS, cfg.UpstreamBurst),
 		upstream.WithAttemptTimeout(cfg.UpstreamAttemptTimeout),
+		upstream.WithMaxWait(cfg.UpstreamMaxWait),
 	}
 	if cfg.UpstreamEndpoint != "" {
 		opts = append(opts, upstream.WithEndpoint(cfg.UpstreamEndpoint))

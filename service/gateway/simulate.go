@@ -28,7 +28,8 @@ type simulation struct {
 // serves its desktops in any region.
 const simulatedRegion = "cn-hangzhou"
 
-func startSimulation(seed int64, faults ecdsim.Faults, logger *slog.Logger) (*simulation, error) {
+func startSimulation(cfg Config, logger *slog.Logger) (*simulation, error) {
+	seed := cfg.SimulateSeed
 	creds := upstream.StaticCredentials{
 		AccessKeyID:     "LTAIsim" + rand.Text()[:12],
 		AccessKeySecret: rand.Text(),
@@ -36,7 +37,8 @@ func startSimulation(seed int64, faults ecdsim.Faults, logger *slog.Logger) (*si
 	sim, err := ecdsim.New(ecdsim.Config{
 		Seed:   seed,
 		Keys:   []ecdsim.Key{{AccessKeyID: creds.AccessKeyID, AccessKeySecret: creds.AccessKeySecret}},
-		Faults: faults,
+		Faults: cfg.SimulateFaults,
+		Quota:  cfg.SimulateQuota,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("starting the simulator: %w", err)

@@ -1,0 +1,261 @@
+package upstream
+
+import (
+	"container/heap"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+// The pacer on a fake clock: replicas of the gateway, each with its own
+// Pacer and callers that call back to back, against an account quota (a
+// token bucket, as Alibaba Cloud's flow control is), in a discrete-event
+// simulation. No real time passes.
+
+// quotaBucket is the upstream's flow control: qps tokens a second, burst
+// at most; a call without a token is throttled.
+type quotaBucket struct {
+	qps, burst float64
+	tokens     float64
+	last       time.Time
+}
+
+func (q *quotaBucket) take(at time.Time) bool {
+	if !q.last.IsZero() {
+		q.tokens = min(q.burst, q.tokens+at.Sub(q.last).Seconds()*q.qps)
+	}
+	q.last = at
+	if q.tokens >= 1 {
+		q.tokens--
+		return true
+	}
+	return false
+}
+
+// event is something that happens at a virtual time.
+type event struct {
+	at  time.Time
+	seq int
+	do  func()
+}
+
+type eventQueue []*event
+
+func (q eventQueue) Len() int { return len(q) }
+func (q eventQueue) Less(i, j int) bool {
+	return q[i].at.Before(q[j].at) || q[i].at.Equal(q[j].at) && q[i].seq < q[j].seq
+}
+func (q eventQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *eventQueue) Push(x any)   { *q = append(*q, x.(*event)) }
+func (q *eventQueue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return e
+}
+
+// quotaWorld is the simulation.
+type quotaWorld struct {
+	now    time.Time
+	queue  eventQueue
+	seq    int
+	quota  *quotaBucket
+	rng    *rand.Rand
+	faults float64 // fraction of calls throttled at random, whatever the rate
+
+	pacers []*Pacer
+	// counted after warmUp: calls answered, throttled, and succeeded
+	warmUp                    time.Duration
+	start                     time.Time
+	calls, throttled, success int
+}
+
+func (w *quotaWorld) at(t time.Time, do func()) {
+	w.seq++
+	heap.Push(&w.queue, &event{at: t, seq: w.seq, do: do})
+}
+
+// Now and AfterFunc make the world the pacers' clock.
+func (w *quotaWorld) Now() time.Time { return w.now }
+
+func (w *quotaWorld) AfterFunc(d time.Duration, f func()) func() bool {
+	stopped := false
+	w.at(w.now.Add(d), func() {
+		if !stopped {
+			f()
+		}
+	})
+	return func() bool { was := !stopped; stopped = true; return was }
+}
+
+// caller calls through p back to back: wait for a slot, the call takes
+// latency, the answer is observed, and the next call is made at once.
+func (w *quotaWorld) caller(p *Pacer, latency time.Duration) {
+	var call func()
+	call = func() {
+		p.enqueue(time.Time{}, func(sent time.Time) {
+			w.at(sent.Add(latency/2), func() {
+				ok := w.quota.take(w.now) && !(w.faults > 0 && w.rng.Float64() < w.faults)
+				w.at(w.now.Add(latency/2), func() {
+					outcome := Succeeded
+					if !ok {
+						outcome = Throttled
+					}
+					p.Observe(sent, outcome)
+					if w.now.Sub(w.start) >= w.warmUp {
+						w.calls++
+						if ok {
+							w.success++
+						} else {
+							w.throttled++
+						}
+					}
+					call()
+				})
+			})
+		})
+	}
+	w.at(w.now, call)
+}
+
+func (w *quotaWorld) run(d time.Duration) {
+	end := w.now.Add(d)
+	for w.queue.Len() > 0 {
+		e := heap.Pop(&w.queue).(*event)
+		if e.at.After(end) {
+			return
+		}
+		w.now = e.at
+		e.do()
+	}
+}
+
+func newQuotaWorld(qps, burst float64) *quotaWorld {
+	w := &quotaWorld{now: time.Unix(1_700_000_000, 0), quota: &quotaBucket{qps: qps, burst: burst, tokens: burst}, rng: rand.New(rand.NewPCG(1, 2))}
+	w.start = w.now
+	return w
+}
+
+func (w *quotaWorld) newPacer(ceiling float64, burst int) *Pacer {
+	p := newPacer(ceiling, burst, w)
+	w.pacers = append(w.pacers, p)
+	return p
+}
+
+// TestPacersConvergeOnTheQuota: N replicas at the default ceiling (100/s,
+// burst 20) that know nothing of each other share a quota of 50 calls/s
+// (burst 10) with 10 ms calls; together they settle within 0.8..1.1 of the
+// quota with at most 10% of the calls throttled.
+func TestPacersConvergeOnTheQuota(t *testing.T) {
+	t.Parallel()
+	for _, replicas := range []int{1, 2, 3, 5} {
+		t.Run(fmt.Sprintf("replicas=%d", replicas), func(t *testing.T) {
+			t.Parallel()
+			const quota = 50
+			w := newQuotaWorld(quota, 10)
+			w.warmUp = 5 * time.Second
+			for range replicas {
+				p := w.newPacer(100, 20)
+				for range 10 { // ten streams per replica, one call in flight each
+					w.caller(p, 10*time.Millisecond)
+				}
+			}
+			const d = 65 * time.Second
+			w.run(d)
+			seconds := (d - w.warmUp).Seconds()
+			rate := float64(w.success) / seconds
+			throttled := float64(w.throttled) / float64(w.calls)
+			t.Logf("%d replicas: %.1f calls/s got through (quota %d), %.1f%% of %d calls throttled", replicas, rate, quota, 100*throttled, w.calls)
+			if rate < 0.8*quota || rate > 1.1*quota {
+				t.Errorf("combined rate %.1f calls/s, want within [%.0f, %.0f]", rate, 0.8*quota, 1.1*quota)
+			}
+			if throttled > 0.10 {
+				t.Errorf("%.1f%% of calls throttled, want at most 10%%", 100*throttled)
+			}
+		})
+	}
+}
+
+// TestPacerIgnoresThrottlingItDoesNotCause: throttling at a fixed fraction
+// whatever the rate (another client of the account, injected faults) must
+// not drive the rate down for nothing: with 30% of the calls throttled at
+// random and no quota, the pacer keeps most of its ceiling.
+func TestPacerIgnoresThrottlingItDoesNotCause(t *testing.T) {
+	t.Parallel()
+	w := newQuotaWorld(1e9, 1e9) // no quota to speak of
+	w.faults = 0.3
+	w.warmUp = 5 * time.Second
+	p := w.newPacer(100, 20)
+	for range 20 {
+		w.caller(p, 2*time.Millisecond)
+	}
+	const d = 65 * time.Second
+	w.run(d)
+	rate := float64(w.calls) / (d - w.warmUp).Seconds()
+	t.Logf("%.1f calls/s with 30%% random throttling (ceiling 100)", rate)
+	if rate < 60 {
+		t.Errorf("%.1f calls/s: random throttling drove the rate down, want most of the ceiling of 100", rate)
+	}
+}
+
+// TestPacerWithoutCeilingLearnsTheQuota: --upstream-qps 0 spaces nothing
+// until the first throttle, then paces from the rate it saw.
+func TestPacerWithoutCeilingLearnsTheQuota(t *testing.T) {
+	t.Parallel()
+	const quota = 50
+	w := newQuotaWorld(quota, 10)
+	w.warmUp = 5 * time.Second
+	p := w.newPacer(0, 20)
+	for range 10 {
+		w.caller(p, 10*time.Millisecond)
+	}
+	w.run(35 * time.Second)
+	rate := float64(w.success) / 30
+	throttled := float64(w.throttled) / float64(w.calls)
+	t.Logf("no ceiling: %.1f calls/s got through, %.1f%% throttled", rate, 100*throttled)
+	if rate < 0.8*quota || throttled > 0.10 {
+		t.Errorf("no ceiling: %.1f calls/s and %.1f%% throttled, want ≥ %.0f/s and ≤ 10%%", rate, 100*throttled, 0.8*quota)
+	}
+}
+
+// TestPacerSpacesCallsFairly: callers go in arrival order at the rate,
+// after the burst; one whose slot would come after its deadline is refused
+// at once and takes no slot.
+func TestPacerSpacesCallsFairly(t *testing.T) {
+	t.Parallel()
+	w := newQuotaWorld(1e9, 1e9)
+	p := newPacer(10, 3, w)
+	var got []string
+	for i := range 6 {
+		p.enqueue(time.Time{}, func(at time.Time) { got = append(got, fmt.Sprintf("%d@%v", i, at.Sub(w.start))) })
+	}
+	if _, ok := p.enqueue(w.now.Add(350*time.Millisecond), func(time.Time) { t.Error("a caller refused for its deadline went") }); ok {
+		t.Error("a slot 400 ms away was given to a caller with 350 ms left")
+	}
+	p.enqueue(time.Time{}, func(at time.Time) { got = append(got, fmt.Sprintf("6@%v", at.Sub(w.start))) })
+	w.run(time.Second)
+	want := []string{"0@0s", "1@0s", "2@0s", "3@100ms", "4@200ms", "5@300ms", "6@400ms"}
+	if !slices.Equal(got, want) {
+		t.Errorf("slots %q, want %q: a burst of 3, then one every 100 ms, in order", got, want)
+	}
+}
+
+// TestPacerStaysLowWhenNothingGetsThrough: an account whose quota is used
+// up elsewhere (every call throttled) is not hammered: the rate falls to
+// the floor and stays there.
+func TestPacerStaysLowWhenNothingGetsThrough(t *testing.T) {
+	t.Parallel()
+	w := newQuotaWorld(1e9, 1e9)
+	w.faults = 1
+	w.warmUp = 5 * time.Second
+	p := w.newPacer(100, 20)
+	for range 10 {
+		w.caller(p, 10*time.Millisecond)
+	}
+	w.run(35 * time.Second)
+	if rate := float64(w.calls) / 30; rate > 2*minRate {
+		t.Errorf("%.1f calls/s against an upstream that throttles every call, want the floor of %v/s", rate, minRate)
+	}
+}
