@@ -97,13 +97,19 @@ func benchPageBody(b *testing.B) []byte {
 	return capture.last
 }
 
-func BenchmarkDecodePage(b *testing.B) {
+func BenchmarkDecodePage(b *testing.B) { benchmarkDecode(b, upstream.DecodePage) }
+
+// BenchmarkDecodePageEncodingJSON is the decoder DecodePage replaced, on
+// the same page, for comparison.
+func BenchmarkDecodePageEncodingJSON(b *testing.B) { benchmarkDecode(b, referenceDecodePage) }
+
+func benchmarkDecode(b *testing.B, decode func([]byte) (*upstream.Page, error)) {
 	body := benchPageBody(b)
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	var records int
 	for b.Loop() {
-		p, err := upstream.DecodePage(body)
+		p, err := decode(body)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -6,8 +6,12 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // What a successful answer must look like. The rules below are deliberate;
@@ -18,22 +22,37 @@ import (
 // early without anyone noticing, so the rules fail whatever would be
 // silently misreported and tolerate only what loses nothing.
 //
+// The decoder is written for this one shape of answer, for speed (a
+// quarter of the gateway's CPU went to encoding/json here), and reads JSON
+// the way encoding/json's Unmarshal into tagged structs did, the decoder
+// it replaced: FuzzDecodePageMatchesEncodingJSON holds it to that, body
+// for body, so every outcome below is the one encoding/json gave.
+//
 //   - The body is one JSON object and nothing after it. null, [], "x",
-//     truncated JSON (cut anywhere) and trailing garbage are malformed.
+//     truncated JSON (cut anywhere), trailing garbage, anything that is not
+//     RFC 8259 JSON and objects or arrays nested more than 10000 deep are
+//     malformed, also inside fields this client ignores.
 //   - RequestId is required and non-empty: every Alibaba Cloud answer, success
 //     or error, carries one. A body without it ({} included) is not an ECD
 //     answer (a misconfigured proxy, a placeholder); taking it for an empty
 //     last page would end a stream early and quietly lose the rest.
 //   - Wrong JSON types are malformed, field by field: Status, TotalCount not
-//     integers (strings, booleans, 1.5 and also 1e3, which encoding/json
-//     refuses for integer fields), NextToken or a record's string fields
-//     not strings, ImageModifiedRecords not an array, a record not an
-//     object (a null record has no Status, see below). JSON null is the
-//     exception for string fields, TotalCount and ImageModifiedRecords:
-//     encoding/json leaves them empty, which is what the upstream means by
-//     null (RequestId must still be there). Fields this client does not
-//     know are ignored (the upstream may add some); key matching is
-//     encoding/json's (case-insensitive, the last of duplicate keys wins).
+//     integers (strings, booleans, 1.5 and also 1e3: an integer field takes
+//     only what strconv.ParseInt does, so numbers beyond the int64 range
+//     fail too), NextToken or a record's string fields not strings,
+//     ImageModifiedRecords not an array, a record not an object (a null
+//     record has no Status, see below). JSON null is the exception for
+//     string fields, TotalCount and ImageModifiedRecords: it leaves them
+//     empty, which is what the upstream means by null (RequestId must
+//     still be there; a string or TotalCount keeps what an earlier
+//     duplicate key gave it, and ImageModifiedRecords: null empties the
+//     list). Fields this client does not know are ignored,
+//     whatever their value (the upstream may add some). Keys match fields
+//     case-insensitively, by Unicode simple case folding (so "ſtatus",
+//     with a long s, is Status, and the Kelvin sign is a k), after their
+//     escapes are decoded. The last of duplicate keys wins; a repeated
+//     ImageModifiedRecords reads its elements over those of the earlier
+//     one, index by index, as encoding/json reads an array into a slice.
 //   - TotalCount may be absent or null (0): it is advisory. Negative is
 //     malformed, and so is more than 2^31-1, since the gateway's
 //     total_count is int32.
@@ -52,8 +71,9 @@ import (
 //     would read as "no time", up to 9999-12-31T23:59:59.999999999Z; an
 //     offset can push a 0001 or 9999 date out of it). A time out of that
 //     range would fail to encode as protobuf JSON in the middle of a stream.
-//   - Strings come out valid UTF-8: encoding/json turns invalid bytes and
-//     lone surrogates into U+FFFD, which protobuf string fields require.
+//   - Strings come out decoded (\u00e9, surrogate pairs, \/ and the other
+//     escapes) and valid UTF-8: each invalid byte and each lone surrogate
+//     becomes U+FFFD, which protobuf string fields require.
 //   - More records than asked for are passed on (the service trims a List
 //     page; a stream message may carry them).
 
@@ -71,80 +91,669 @@ var (
 	maxUpdateTime = time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)
 )
 
-type pageJSON struct {
-	RequestID            string       `json:"RequestId"`
-	TotalCount           int64        `json:"TotalCount"`
-	NextToken            string       `json:"NextToken"`
-	ImageModifiedRecords []recordJSON `json:"ImageModifiedRecords"`
-}
-
-type recordJSON struct {
-	Status       *int64 `json:"Status"` // nil: absent or null
-	UpdateTime   string `json:"UpdateTime"`
-	ImageID      string `json:"ImageId"`
-	ImageName    string `json:"ImageName"`
-	NewImageID   string `json:"NewImageId"`
-	NewImageName string `json:"NewImageName"`
-	Reason       string `json:"Reason"`
-}
-
 // DecodePage parses a successful DescribeImageModifiedRecords body. Every
 // error wraps [ErrMalformedResponse]; see the rules in decode.go.
 func DecodePage(body []byte) (*Page, error) { return decodePage(body) }
 
 func decodePage(body []byte) (*Page, error) {
-	if t := bytes.TrimLeft(body, " \t\r\n"); len(t) == 0 || t[0] != '{' {
-		// json.Unmarshal would accept null into a struct.
-		return nil, fmt.Errorf("%w: body is not a JSON object: %q", ErrMalformedResponse, truncate(t, 40))
-	}
-	// Room for a full page up front: growing the slice record by record
-	// was a sixth of a stream's allocated bytes.
-	pj := pageJSON{ImageModifiedRecords: make([]recordJSON, 0, MaxPageSize)}
-	if err := json.Unmarshal(body, &pj); err != nil {
+	// One copy of the whole body: the strings of the page are substrings
+	// of it, and none of them aliases the caller's (pooled) buffer.
+	d := pageDecoder{s: string(body), validUTF8: utf8.Valid(body)}
+	var wp wirePage
+	if err := d.page(&wp); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedResponse, err)
 	}
 	switch {
-	case pj.RequestID == "":
+	case wp.requestID == "":
 		return nil, fmt.Errorf("%w: no RequestId: not an ECD answer", ErrMalformedResponse)
-	case pj.TotalCount < 0 || pj.TotalCount > math.MaxInt32:
-		return nil, fmt.Errorf("%w: TotalCount %d outside 0..%d", ErrMalformedResponse, pj.TotalCount, math.MaxInt32)
-	case len(pj.NextToken) > MaxNextTokenLength:
-		return nil, fmt.Errorf("%w: NextToken of %d bytes, more than %d", ErrMalformedResponse, len(pj.NextToken), MaxNextTokenLength)
+	case wp.totalCount < 0 || wp.totalCount > math.MaxInt32:
+		return nil, fmt.Errorf("%w: TotalCount %d outside 0..%d", ErrMalformedResponse, wp.totalCount, math.MaxInt32)
+	case len(wp.nextToken) > MaxNextTokenLength:
+		return nil, fmt.Errorf("%w: NextToken of %d bytes, more than %d", ErrMalformedResponse, len(wp.nextToken), MaxNextTokenLength)
 	}
-	p := &Page{
-		RequestID:  pj.RequestID,
-		TotalCount: int(pj.TotalCount),
-		NextToken:  pj.NextToken,
-		Records:    make([]Record, len(pj.ImageModifiedRecords)),
+	// The list's spare capacity may hold elements of an earlier, longer
+	// ImageModifiedRecords array: the page does not reach them.
+	records, pending := wp.records[:wp.n:wp.n], wp.pending[:wp.n]
+	if records == nil {
+		records = []Record{} // as encoding/json, not nil
 	}
-	for i, r := range pj.ImageModifiedRecords {
+	for i, x := range pending {
 		switch {
-		case r.Status == nil:
+		case !x.hasStatus:
 			return nil, fmt.Errorf("%w: record %d has no Status", ErrMalformedResponse, i)
-		case *r.Status < math.MinInt32 || *r.Status > math.MaxInt32:
-			return nil, fmt.Errorf("%w: record %d: Status %d outside the int32 range", ErrMalformedResponse, i, *r.Status)
+		case x.status < math.MinInt32 || x.status > math.MaxInt32:
+			return nil, fmt.Errorf("%w: record %d: Status %d outside the int32 range", ErrMalformedResponse, i, x.status)
 		}
-		var t time.Time
-		if r.UpdateTime != "" {
-			var err error
-			if t, err = time.Parse(time.RFC3339Nano, r.UpdateTime); err != nil {
-				return nil, fmt.Errorf("%w: record %d: UpdateTime %q is not RFC 3339", ErrMalformedResponse, i, truncate([]byte(r.UpdateTime), 64))
+		records[i].Status = int(x.status)
+		if x.updateTime != "" {
+			t, err := parseUpdateTime(x.updateTime)
+			if err != nil {
+				return nil, fmt.Errorf("%w: record %d: UpdateTime %q is not RFC 3339", ErrMalformedResponse, i, truncate([]byte(x.updateTime), 64))
 			}
 			if !t.After(minUpdateTime) || t.After(maxUpdateTime) {
-				return nil, fmt.Errorf("%w: record %d: UpdateTime %q outside 0001-01-01..9999-12-31 UTC", ErrMalformedResponse, i, truncate([]byte(r.UpdateTime), 64))
+				return nil, fmt.Errorf("%w: record %d: UpdateTime %q outside 0001-01-01..9999-12-31 UTC", ErrMalformedResponse, i, truncate([]byte(x.updateTime), 64))
 			}
-		}
-		p.Records[i] = Record{
-			Status:       int(*r.Status),
-			UpdateTime:   t,
-			ImageID:      r.ImageID,
-			ImageName:    r.ImageName,
-			NewImageID:   r.NewImageID,
-			NewImageName: r.NewImageName,
-			Reason:       r.Reason,
+			records[i].UpdateTime = t
 		}
 	}
-	return p, nil
+	return &Page{
+		RequestID:  wp.requestID,
+		TotalCount: int(wp.totalCount),
+		NextToken:  wp.nextToken,
+		Records:    records,
+	}, nil
+}
+
+// wirePage is what a body says, before the rules judge it: with duplicate
+// keys the last one wins, so a value is judged only once the whole body is
+// read.
+type wirePage struct {
+	requestID  string
+	totalCount int64
+	nextToken  string
+	// records and pending hold the elements of ImageModifiedRecords, the
+	// strings in records and the rest in pending, the same index in both.
+	// They keep every element that an array has filled in since the list
+	// was last emptied, and n is the length of the list: the two differ
+	// after a duplicate ImageModifiedRecords key with a shorter array (see
+	// [pageDecoder.records]). Their spare capacity is all zero.
+	records []Record
+	pending []pendingRecord
+	n       int
+}
+
+// pendingRecord is what the rules judge of a record: Status and UpdateTime
+// as the body says them.
+type pendingRecord struct {
+	status     int64
+	hasStatus  bool // false: absent or null
+	updateTime string
+}
+
+// Keys of the page and of a record, in the upstream's spelling.
+const (
+	keyRequestID = iota
+	keyTotalCount
+	keyNextToken
+	keyImageModifiedRecords
+)
+
+var pageKeys = []string{"RequestId", "TotalCount", "NextToken", "ImageModifiedRecords"}
+
+const (
+	keyStatus = iota
+	keyUpdateTime
+	keyImageID
+	keyImageName
+	keyNewImageID
+	keyNewImageName
+	keyReason
+)
+
+var recordKeys = []string{"Status", "UpdateTime", "ImageId", "ImageName", "NewImageId", "NewImageName", "Reason"}
+
+// matchKey returns the index in keys of the field a JSON key names, or -1
+// for a key this client does not know. A key names a field when the two
+// are equal once every rune of each is replaced by the smallest rune of
+// its Unicode simple case-folding orbit, as encoding/json matches keys to
+// struct fields: "requestid" and "REQUESTID" name RequestId, and so does
+// a key spelling the s of "Status" as U+017F (ſ) or the k of a name as
+// U+212A (the Kelvin sign).
+func matchKey(key string, keys []string) int {
+	for i, k := range keys {
+		if key == k {
+			return i
+		}
+	}
+	for i, k := range keys {
+		if sameFolded(key, k) {
+			return i
+		}
+	}
+	return -1
+}
+
+// sameFolded reports whether key and the ASCII name fold to the same
+// string. Ranging over key reads invalid UTF-8 as U+FFFD, which folds to
+// nothing but itself.
+func sameFolded(key, name string) bool {
+	if len(key) < len(name) { // a rune is at least one byte
+		return false
+	}
+	i := 0
+	for _, r := range key {
+		if i == len(name) || foldRune(r) != foldRune(rune(name[i])) {
+			return false
+		}
+		i++
+	}
+	return i == len(name)
+}
+
+// foldRune returns the smallest rune of r's simple case-folding orbit.
+func foldRune(r rune) rune {
+	if r < utf8.RuneSelf {
+		if 'a' <= r && r <= 'z' {
+			return r - 'a' + 'A'
+		}
+		return r
+	}
+	least := r
+	for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+		least = min(least, f)
+	}
+	return least
+}
+
+// maxNestingDepth is how deep objects and arrays may nest, the outer
+// object counting 1: encoding/json's limit.
+const maxNestingDepth = 10000
+
+// pageDecoder reads the JSON of one body in a single pass: it checks the
+// syntax of everything (RFC 8259, as encoding/json does) and decodes the
+// fields of a page into a wirePage. A value of the wrong JSON type for its
+// field fails at once, as it fails encoding/json's Unmarshal however the
+// rest of the body reads.
+type pageDecoder struct {
+	s         string // the body
+	i         int    // the offset of the next byte to read
+	validUTF8 bool   // whether all of s is valid UTF-8 (the usual case)
+}
+
+// page reads the body: one object and nothing after it but whitespace.
+func (d *pageDecoder) page(p *wirePage) error {
+	d.space()
+	if d.peek() != '{' {
+		return fmt.Errorf("body is not a JSON object: %q", truncate([]byte(d.s[d.i:min(len(d.s), d.i+41)]), 40))
+	}
+	err := d.object(func(key string) error {
+		switch matchKey(key, pageKeys) {
+		case keyRequestID:
+			return d.stringField(&p.requestID, "RequestId")
+		case keyTotalCount:
+			_, err := d.integerField(&p.totalCount, "TotalCount")
+			return err
+		case keyNextToken:
+			return d.stringField(&p.nextToken, "NextToken")
+		case keyImageModifiedRecords:
+			return d.records(p)
+		}
+		return d.skip(2)
+	})
+	if err != nil {
+		return err
+	}
+	d.space()
+	if d.i != len(d.s) {
+		return d.syntaxError("data after the object")
+	}
+	return nil
+}
+
+// records reads the value of ImageModifiedRecords the way encoding/json
+// reads an array into a slice that may already hold elements: element i
+// is read into the list's element i, over what an earlier
+// ImageModifiedRecords key may have left there (also past the current
+// length, up to the longest array seen), and the list is cut to the
+// array's length. An empty array and null empty the list: what earlier
+// arrays left is gone.
+func (d *pageDecoder) records(p *wirePage) error {
+	switch d.peek() {
+	case 'n':
+		if err := d.literal("null"); err != nil {
+			return err
+		}
+		p.empty()
+		return nil
+	case '[':
+	default:
+		return d.typeError("ImageModifiedRecords", "an array")
+	}
+	if p.records == nil { // room for a full page up front
+		p.records = make([]Record, 0, MaxPageSize)
+		p.pending = make([]pendingRecord, 0, MaxPageSize)
+	}
+	n := 0
+	err := d.array(func() error {
+		if n == len(p.records) {
+			p.records, p.pending = extend(p.records), extend(p.pending)
+		}
+		r, x := &p.records[n], &p.pending[n]
+		n++
+		switch d.peek() {
+		case 'n': // null leaves the element as it is
+			return d.literal("null")
+		case '{':
+			return d.record(r, x)
+		}
+		return d.typeError(fmt.Sprintf("record %d", n-1), "an object")
+	})
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		p.empty()
+	}
+	p.n = n
+	return nil
+}
+
+// empty empties the list of records for good, and zeroes what it held so
+// that all spare capacity is zero.
+func (p *wirePage) empty() {
+	clear(p.records)
+	clear(p.pending)
+	p.records, p.pending, p.n = p.records[:0], p.pending[:0], 0
+}
+
+// extend returns s with one more element, zero. Taking the spare capacity
+// without writing it relies on its being zero.
+func extend[T any](s []T) []T {
+	if len(s) < cap(s) {
+		return s[:len(s)+1]
+	}
+	var zero T
+	return append(s, zero)
+}
+
+// record reads one element of ImageModifiedRecords into r and x.
+func (d *pageDecoder) record(r *Record, x *pendingRecord) error {
+	return d.object(func(key string) error {
+		switch matchKey(key, recordKeys) {
+		case keyStatus:
+			var err error
+			x.hasStatus, err = d.integerField(&x.status, "Status")
+			return err
+		case keyUpdateTime:
+			return d.stringField(&x.updateTime, "UpdateTime")
+		case keyImageID:
+			return d.stringField(&r.ImageID, "ImageId")
+		case keyImageName:
+			return d.stringField(&r.ImageName, "ImageName")
+		case keyNewImageID:
+			return d.stringField(&r.NewImageID, "NewImageId")
+		case keyNewImageName:
+			return d.stringField(&r.NewImageName, "NewImageName")
+		case keyReason:
+			return d.stringField(&r.Reason, "Reason")
+		}
+		return d.skip(4)
+	})
+}
+
+// stringField reads a string into dst. null leaves dst as it is.
+func (d *pageDecoder) stringField(dst *string, name string) error {
+	switch d.peek() {
+	case '"':
+		s, err := d.str()
+		*dst = s
+		return err
+	case 'n':
+		return d.literal("null")
+	}
+	return d.typeError(name, "a string")
+}
+
+// integerField reads an integer into dst and reports whether the value was
+// one: null leaves dst as it is and reports false. Like encoding/json for
+// an int64 field it takes only what strconv.ParseInt does, so 1.5, 1e3 and
+// numbers beyond the int64 range fail.
+func (d *pageDecoder) integerField(dst *int64, name string) (bool, error) {
+	switch c := d.peek(); {
+	case c == '-' || '0' <= c && c <= '9':
+		text, err := d.number()
+		if err != nil {
+			return false, err
+		}
+		n, err := strconv.ParseInt(text, 10, 64)
+		if err != nil {
+			return false, fmt.Errorf("%s %s is not a 64-bit integer", name, text)
+		}
+		*dst = n
+		return true, nil
+	case c == 'n':
+		return false, d.literal("null")
+	}
+	return false, d.typeError(name, "an integer")
+}
+
+// skip reads any one value. depth is the nesting depth an object or array
+// there has.
+func (d *pageDecoder) skip(depth int) error {
+	switch c := d.peek(); {
+	case c == '{' || c == '[':
+		if depth > maxNestingDepth {
+			return d.syntaxError("nested too deep")
+		}
+		if c == '[' {
+			return d.array(func() error { return d.skip(depth + 1) })
+		}
+		return d.object(func(string) error { return d.skip(depth + 1) })
+	case c == '"':
+		_, err := d.str()
+		return err
+	case c == '-' || '0' <= c && c <= '9':
+		_, err := d.number()
+		return err
+	case c == 't':
+		return d.literal("true")
+	case c == 'f':
+		return d.literal("false")
+	case c == 'n':
+		return d.literal("null")
+	}
+	return d.syntaxError("want a value")
+}
+
+// object reads an object, calling member with each key (decoded) when the
+// offset is at the key's value; member must read the value.
+func (d *pageDecoder) object(member func(key string) error) error {
+	return d.list('}', func() error {
+		if d.peek() != '"' {
+			return d.syntaxError("want a key")
+		}
+		key, err := d.str()
+		if err != nil {
+			return err
+		}
+		d.space()
+		if d.peek() != ':' {
+			return d.syntaxError("want a colon")
+		}
+		d.i++
+		d.space()
+		return member(key)
+	})
+}
+
+// array reads an array, calling element when the offset is at each
+// element; element must read it.
+func (d *pageDecoder) array(element func() error) error {
+	return d.list(']', element)
+}
+
+// list reads what objects and arrays share: the opening byte, then items
+// separated by commas up to the closing byte end. item reads one item.
+func (d *pageDecoder) list(end byte, item func() error) error {
+	d.i++ // { or [
+	d.space()
+	if d.peek() == end {
+		d.i++
+		return nil
+	}
+	for {
+		if err := item(); err != nil {
+			return err
+		}
+		d.space()
+		switch d.peek() {
+		case ',':
+			d.i++
+			d.space()
+		case end:
+			d.i++
+			return nil
+		default:
+			return d.syntaxError("want a comma or " + string(end))
+		}
+	}
+}
+
+// str reads a string and returns its value. Without escapes and with valid
+// UTF-8 (the usual case) the value is a substring of the body; otherwise it
+// is decoded by unescape.
+func (d *pageDecoder) str() (string, error) {
+	start := d.i + 1 // after the quote
+	// Up to the first quote, backslash or control character: the closing
+	// quote in the usual case.
+	s, i := d.s, start
+	for i < len(s) && plainByte[s[i]] {
+		i++
+	}
+	if i < len(s) && s[i] == '"' {
+		d.i = i + 1
+		if text := s[start:i]; d.validUTF8 || utf8.ValidString(text) {
+			return text, nil
+		}
+		return unescape(s[start:i]), nil
+	}
+	// A string with escapes, or no end.
+	for i := start; i < len(d.s); {
+		switch c := d.s[i]; {
+		case c == '"':
+			d.i = i + 1
+			return unescape(d.s[start:i]), nil
+		case c == '\\' && i+1 < len(d.s):
+			switch d.s[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if i+6 > len(d.s) || !isHex4(d.s[i+2:i+6]) {
+					d.i = i
+					return "", d.syntaxError("invalid \\u escape")
+				}
+				i += 6
+			default:
+				d.i = i
+				return "", d.syntaxError("invalid escape")
+			}
+		case c < ' ':
+			d.i = i
+			return "", d.syntaxError("control character in a string")
+		default:
+			i++
+		}
+	}
+	d.i = len(d.s)
+	return "", d.syntaxError("unterminated string")
+}
+
+// plainByte tells the bytes that stand for themselves in a JSON string:
+// all from the space on but the quote and the backslash.
+var plainByte = func() (t [256]bool) {
+	for c := ' '; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+func isHex4(s string) bool {
+	for i := range 4 {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// unescape decodes the text of a string whose syntax str has checked, as
+// encoding/json does: escapes decoded, a \u surrogate pair joined into
+// one rune, and a lone surrogate and each byte of invalid UTF-8 turned
+// into U+FFFD.
+func unescape(text string) string {
+	var b strings.Builder
+	b.Grow(len(text))
+	for i := 0; i < len(text); {
+		c := text[i]
+		switch {
+		case c == '\\' && text[i+1] == 'u':
+			r := hex4(text[i+2:])
+			i += 6
+			if utf16.IsSurrogate(r) {
+				// The pair's second half, if an escape follows; if not,
+				// or if the two are no pair, r is a lone surrogate.
+				second := rune(-1)
+				if i+6 <= len(text) && text[i] == '\\' && text[i+1] == 'u' {
+					second = hex4(text[i+2:])
+				}
+				if r = utf16.DecodeRune(r, second); r != utf8.RuneError {
+					i += 6
+				}
+			}
+			b.WriteRune(r)
+		case c == '\\':
+			b.WriteByte(unescapedByte[text[i+1]])
+			i += 2
+		case c < utf8.RuneSelf:
+			b.WriteByte(c)
+			i++
+		default:
+			r, n := utf8.DecodeRuneInString(text[i:])
+			b.WriteRune(r) // utf8.RuneError for an invalid byte (n == 1)
+			i += n
+		}
+	}
+	return b.String()
+}
+
+// unescapedByte maps the letter of a one-letter escape to its byte.
+var unescapedByte = [256]byte{'"': '"', '\\': '\\', '/': '/', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t'}
+
+// hex4 returns the number of the four hex digits that s starts with (str
+// has checked them).
+func hex4(s string) rune {
+	var r rune
+	for _, c := range []byte(s[:4]) {
+		switch {
+		case c <= '9':
+			c -= '0'
+		case c <= 'F':
+			c -= 'A' - 10
+		default:
+			c -= 'a' - 10
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
+}
+
+// number reads a number and returns its text: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func (d *pageDecoder) number() (string, error) {
+	start := d.i
+	if d.peek() == '-' {
+		d.i++
+	}
+	switch c := d.peek(); {
+	case c == '0':
+		d.i++
+	case '1' <= c && c <= '9':
+		d.digits()
+	default:
+		return "", d.syntaxError("want a digit")
+	}
+	if d.peek() == '.' {
+		d.i++
+		if !d.digits() {
+			return "", d.syntaxError("want a digit after the decimal point")
+		}
+	}
+	if c := d.peek(); c == 'e' || c == 'E' {
+		d.i++
+		if c := d.peek(); c == '+' || c == '-' {
+			d.i++
+		}
+		if !d.digits() {
+			return "", d.syntaxError("want a digit in the exponent")
+		}
+	}
+	return d.s[start:d.i], nil
+}
+
+// digits reads a run of decimal digits and reports whether there was one.
+func (d *pageDecoder) digits() bool {
+	start := d.i
+	for d.i < len(d.s) && '0' <= d.s[d.i] && d.s[d.i] <= '9' {
+		d.i++
+	}
+	return d.i > start
+}
+
+// literal reads the literal word (true, false or null).
+func (d *pageDecoder) literal(word string) error {
+	if !strings.HasPrefix(d.s[d.i:], word) {
+		return d.syntaxError("want " + word)
+	}
+	d.i += len(word)
+	return nil
+}
+
+// space skips JSON whitespace.
+func (d *pageDecoder) space() {
+	for d.i < len(d.s) {
+		if c := d.s[d.i]; c > ' ' || c != ' ' && c != '\t' && c != '\n' && c != '\r' {
+			return
+		}
+		d.i++
+	}
+}
+
+// peek returns the next byte, or 0 at the end of the body (0 starts no
+// JSON token, so it fails wherever a token is due).
+func (d *pageDecoder) peek() byte {
+	if d.i < len(d.s) {
+		return d.s[d.i]
+	}
+	return 0
+}
+
+func (d *pageDecoder) syntaxError(what string) error {
+	if d.i >= len(d.s) {
+		return fmt.Errorf("invalid JSON: %s, at the end of the body", what)
+	}
+	return fmt.Errorf("invalid JSON at byte %d (%q): %s", d.i, d.s[d.i], what)
+}
+
+func (d *pageDecoder) typeError(field, want string) error {
+	return fmt.Errorf("%s is not %s (byte %d)", field, want, d.i)
+}
+
+// parseUpdateTime parses an UpdateTime as time.Parse(time.RFC3339Nano, s)
+// does. The upstream's own layout, 2006-01-02T15:04:05.000Z, takes a
+// shorter way (a quarter of the time); anything else goes to time.Parse.
+func parseUpdateTime(s string) (time.Time, error) {
+	if len(s) == len("2006-01-02T15:04:05.000Z") && s[4] == '-' && s[7] == '-' && s[10] == 'T' &&
+		s[13] == ':' && s[16] == ':' && s[19] == '.' && s[23] == 'Z' {
+		year, ok1 := decimal(s[0:4])
+		month, ok2 := decimal(s[5:7])
+		day, ok3 := decimal(s[8:10])
+		hour, ok4 := decimal(s[11:13])
+		minute, ok5 := decimal(s[14:16])
+		sec, ok6 := decimal(s[17:19])
+		milli, ok7 := decimal(s[20:23])
+		if ok1 && ok2 && ok3 && ok4 && ok5 && ok6 && ok7 &&
+			1 <= month && month <= 12 && 1 <= day && day <= daysIn(month, year) &&
+			hour < 24 && minute < 60 && sec < 60 {
+			return time.Date(year, time.Month(month), day, hour, minute, sec, milli*1e6, time.UTC), nil
+		}
+	}
+	return time.Parse(time.RFC3339Nano, s)
+}
+
+// decimal returns the number that the ASCII digits s spell.
+func decimal(s string) (int, bool) {
+	n := 0
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
+// daysIn returns the number of days of month (1..12) in the proleptic
+// Gregorian year.
+func daysIn(month, year int) int {
+	switch month {
+	case 2:
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	case 4, 6, 9, 11:
+		return 30
+	}
+	return 31
 }
 
 type errorJSON struct {

@@ -1,8 +1,10 @@
 package upstream_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"strconv"
 	"testing"
@@ -175,4 +177,146 @@ func samePage(a, b *upstream.Page) bool {
 		}
 	}
 	return true
+}
+
+// FuzzDecodePageMatchesEncodingJSON holds DecodePage to the decoder it
+// replaced, referenceDecodePage (encoding/json into tagged structs, then
+// the rules of decode.go): for every body both fail, or both give the same
+// page, field for field. Its corpus, testdata/fuzz/<this target>, has the
+// cases where a hand-written JSON reader is likely to part from
+// encoding/json: escapes, invalid UTF-8, key folding, duplicate keys,
+// nulls, numbers at and past the limits, wrong types, UpdateTime layouts,
+// syntax errors and truncations.
+func FuzzDecodePageMatchesEncodingJSON(f *testing.F) {
+	f.Fuzz(func(t *testing.T, body []byte) {
+		checkMatchesEncodingJSON(t, body)
+	})
+}
+
+// checkMatchesEncodingJSON decodes body with DecodePage and with
+// referenceDecodePage, fails t unless both fail or both give the same page,
+// and returns DecodePage's error.
+func checkMatchesEncodingJSON(t *testing.T, body []byte) error {
+	t.Helper()
+	want, wantErr := referenceDecodePage(body)
+	got, err := upstream.DecodePage(body)
+	switch {
+	case err != nil && !errors.Is(err, upstream.ErrMalformedResponse):
+		t.Fatalf("error %v does not wrap ErrMalformedResponse", err)
+	case (err == nil) != (wantErr == nil):
+		t.Fatalf("body %s\nDecodePage error: %v\nencoding/json error: %v", clip(string(body)), err, wantErr)
+	case err == nil:
+		if diff := pageDifference(got, want); diff != "" {
+			t.Fatalf("body %s\nDecodePage and encoding/json differ: %s", clip(string(body)), diff)
+		}
+	}
+	return err
+}
+
+// clip quotes s, cut to a length a test failure can show.
+func clip(s string) string {
+	if len(s) > 300 {
+		return fmt.Sprintf("%q… (%d bytes)", s[:300], len(s))
+	}
+	return fmt.Sprintf("%q", s)
+}
+
+// pageDifference describes the first difference of a from b, or returns
+// "" for equal pages. Times are equal when they are the same instant in a
+// zone of the same name and offset.
+func pageDifference(a, b *upstream.Page) string {
+	switch {
+	case a.RequestID != b.RequestID:
+		return fmt.Sprintf("RequestID %s, %s", clip(a.RequestID), clip(b.RequestID))
+	case a.TotalCount != b.TotalCount:
+		return fmt.Sprintf("TotalCount %d, %d", a.TotalCount, b.TotalCount)
+	case a.NextToken != b.NextToken:
+		return fmt.Sprintf("NextToken %s, %s", clip(a.NextToken), clip(b.NextToken))
+	case a.Resume != b.Resume:
+		return fmt.Sprintf("Resume %+v, %+v", a.Resume, b.Resume)
+	case len(a.Records) != len(b.Records) || (a.Records == nil) != (b.Records == nil):
+		return fmt.Sprintf("%d records (nil %t), %d (nil %t)", len(a.Records), a.Records == nil, len(b.Records), b.Records == nil)
+	}
+	for i := range a.Records {
+		x, y := a.Records[i], b.Records[i]
+		xZone, xOffset := x.UpdateTime.Zone()
+		yZone, yOffset := y.UpdateTime.Zone()
+		if !x.UpdateTime.Equal(y.UpdateTime) || xZone != yZone || xOffset != yOffset {
+			return fmt.Sprintf("record %d: UpdateTime %v, %v", i, x.UpdateTime, y.UpdateTime)
+		}
+		x.UpdateTime, y.UpdateTime = time.Time{}, time.Time{}
+		if x != y {
+			return fmt.Sprintf("record %d: %s, %s", i, clip(fmt.Sprintf("%+v", x)), clip(fmt.Sprintf("%+v", y)))
+		}
+	}
+	return ""
+}
+
+// referenceDecodePage is the decoder DecodePage replaced, kept as the
+// reference it must agree with: encoding/json into tagged structs, then
+// the rules of decode.go. Its error messages are not DecodePage's.
+func referenceDecodePage(body []byte) (*upstream.Page, error) {
+	type recordJSON struct {
+		Status       *int64 `json:"Status"` // nil: absent or null
+		UpdateTime   string `json:"UpdateTime"`
+		ImageID      string `json:"ImageId"`
+		ImageName    string `json:"ImageName"`
+		NewImageID   string `json:"NewImageId"`
+		NewImageName string `json:"NewImageName"`
+		Reason       string `json:"Reason"`
+	}
+	type pageJSON struct {
+		RequestID            string       `json:"RequestId"`
+		TotalCount           int64        `json:"TotalCount"`
+		NextToken            string       `json:"NextToken"`
+		ImageModifiedRecords []recordJSON `json:"ImageModifiedRecords"`
+	}
+	if t := bytes.TrimLeft(body, " \t\r\n"); len(t) == 0 || t[0] != '{' {
+		// json.Unmarshal would accept null into a struct.
+		return nil, fmt.Errorf("%w: not a JSON object", upstream.ErrMalformedResponse)
+	}
+	// The capacity matters: encoding/json reads an array into the slice's
+	// spare capacity, where an earlier duplicate key may have left elements.
+	pj := pageJSON{ImageModifiedRecords: make([]recordJSON, 0, upstream.MaxPageSize)}
+	if err := json.Unmarshal(body, &pj); err != nil {
+		return nil, fmt.Errorf("%w: %v", upstream.ErrMalformedResponse, err)
+	}
+	switch {
+	case pj.RequestID == "":
+		return nil, fmt.Errorf("%w: no RequestId", upstream.ErrMalformedResponse)
+	case pj.TotalCount < 0 || pj.TotalCount > math.MaxInt32:
+		return nil, fmt.Errorf("%w: TotalCount %d", upstream.ErrMalformedResponse, pj.TotalCount)
+	case len(pj.NextToken) > upstream.MaxNextTokenLength:
+		return nil, fmt.Errorf("%w: NextToken of %d bytes", upstream.ErrMalformedResponse, len(pj.NextToken))
+	}
+	p := &upstream.Page{
+		RequestID:  pj.RequestID,
+		TotalCount: int(pj.TotalCount),
+		NextToken:  pj.NextToken,
+		Records:    make([]upstream.Record, len(pj.ImageModifiedRecords)),
+	}
+	lo := time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)
+	hi := time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)
+	for i, r := range pj.ImageModifiedRecords {
+		if r.Status == nil || *r.Status < math.MinInt32 || *r.Status > math.MaxInt32 {
+			return nil, fmt.Errorf("%w: record %d: Status", upstream.ErrMalformedResponse, i)
+		}
+		var t time.Time
+		if r.UpdateTime != "" {
+			var err error
+			if t, err = time.Parse(time.RFC3339Nano, r.UpdateTime); err != nil || !t.After(lo) || t.After(hi) {
+				return nil, fmt.Errorf("%w: record %d: UpdateTime %q", upstream.ErrMalformedResponse, i, r.UpdateTime)
+			}
+		}
+		p.Records[i] = upstream.Record{
+			Status:       int(*r.Status),
+			UpdateTime:   t,
+			ImageID:      r.ImageID,
+			ImageName:    r.ImageName,
+			NewImageID:   r.NewImageID,
+			NewImageName: r.NewImageName,
+			Reason:       r.Reason,
+		}
+	}
+	return p, nil
 }

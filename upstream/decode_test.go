@@ -1,0 +1,84 @@
+package upstream_test
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/imagerecords/imagerecords/upstream"
+)
+
+// TestDecodePageMatchesEncodingJSONOnLargeBodies holds DecodePage to
+// encoding/json (as FuzzDecodePageMatchesEncodingJSON does) on bodies too
+// large for a fuzz corpus, and checks the outcome both must have: nesting
+// up to encoding/json's limit of 10000 and one past it, more records than
+// the decoder makes room for up front, repeated ImageModifiedRecords
+// arrays longer than that, and long strings full of escapes.
+func TestDecodePageMatchesEncodingJSONOnLargeBodies(t *testing.T) {
+	t.Parallel()
+	nested := func(open, close string, n int) string {
+		return strings.Repeat(open, n) + "1" + strings.Repeat(close, n)
+	}
+	records := func(n int, format string) string {
+		var b strings.Builder
+		for i := range n {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, format, i)
+		}
+		return "[" + b.String() + "]"
+	}
+	full := `{"Status":%[1]d,"UpdateTime":"2022-01-01T01:01:40.523Z","ImageId":"m-%[1]d","ImageName":"镜像 %[1]d","NewImageId":"m-n%[1]d","NewImageName":"\u00e9 %[1]d","Reason":"r"}`
+	long := strings.Repeat("a\\u00e9\\ud83d\\ude00\\ud800\xff\\n镜", 2000)
+	for _, tc := range []struct {
+		name    string
+		body    string
+		wantErr bool
+	}{
+		// The outer object is depth 1, a record depth 3.
+		{"arrays nested 10000 deep", `{"RequestId":"R","X":` + nested("[", "]", 9999) + `}`, false},
+		{"arrays nested 10001 deep", `{"RequestId":"R","X":` + nested("[", "]", 10000) + `}`, true},
+		{"objects nested 10000 deep in a record", `{"RequestId":"R","ImageModifiedRecords":[{"Status":1,"X":` + nested(`{"a":`, "}", 9997) + `}]}`, false},
+		{"objects nested 10001 deep in a record", `{"RequestId":"R","ImageModifiedRecords":[{"Status":1,"X":` + nested(`{"a":`, "}", 9998) + `}]}`, true},
+		{"250 records", `{"RequestId":"R","ImageModifiedRecords":` + records(250, full) + `}`, false},
+		{"repeated arrays past the room made up front",
+			`{"RequestId":"R","ImageModifiedRecords":` + records(150, full) +
+				`,"ImageModifiedRecords":` + records(3, `{"Reason":"again %d"}`) +
+				`,"ImageModifiedRecords":` + records(120, `{"ImageId":"third %d"}`) + `}`, false},
+		{"a record left without Status past the earlier arrays",
+			`{"RequestId":"R","ImageModifiedRecords":` + records(150, `{"Status":%d}`) +
+				`,"ImageModifiedRecords":` + records(151, `{"Reason":"%d"}`) + `}`, true},
+		{"long strings of escapes and invalid UTF-8", `{"RequestId":"` + long + `","ImageModifiedRecords":[{"Status":1,"Reason":"` + long + `"}]}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if err := checkMatchesEncodingJSON(t, []byte(tc.body)); (err != nil) != tc.wantErr {
+				t.Errorf("error %v, want an error: %t", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestDecodePageKeepsNoPartOfTheBody: answer.go recycles body buffers, so
+// a page must not change when its body buffer is written over afterwards.
+func TestDecodePageKeepsNoPartOfTheBody(t *testing.T) {
+	t.Parallel()
+	body := []byte(`{"RequestId":"R-1","TotalCount":2,"NextToken":"T-1","ImageModifiedRecords":[` +
+		`{"Status":1,"UpdateTime":"2022-03-03T02:43:44.851Z","ImageId":"m-1","ImageName":"镜像 1","NewImageId":"m-2","NewImageName":"n\u00e9","Reason":"disk full"}]}`)
+	want, err := upstream.DecodePage(bytes.Clone(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := upstream.DecodePage(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range body {
+		body[i] = 'x'
+	}
+	if diff := pageDifference(got, want); diff != "" {
+		t.Fatalf("the page changed with its body buffer: %s", diff)
+	}
+}
