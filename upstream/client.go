@@ -227,6 +227,9 @@ func NewTransport() *http.Transport {
 	return t
 }
 
+// Pacer returns the client's pacer.
+func (c *Client) Pacer() *Pacer { return c.pacer }
+
 // Endpoint returns the base URL requests for region go to.
 func (c *Client) Endpoint(region string) string {
 	if c.endpoint != "" {

@@ -10,24 +10,31 @@ import (
 // Pacer spaces the upstream calls of one gateway replica so that they stay
 // within the account's API quota, which the gateway does not know: Alibaba
 // Cloud answers Throttling.User past it. The pacer starts at its ceiling
-// (--upstream-qps) and adapts to the answers:
+// (--upstream-qps), without burst credit, and adapts to the answers in
+// windows of half a second:
 //
-//   - Heavy throttling (more than a fifth of the recent answers) lowers the
-//     rate at once, by a fifth per round trip: only a throttle answer to a
-//     call sent after the last decrease counts, so the answers to calls
-//     already in flight at the old rate do not lower it again.
-//   - At the end of every window (half a second), a throttled window lowers
-//     the rate to just under the rate of calls that succeeded in it (what
-//     the quota let through). A window without throttles in which callers
-//     had to wait for the pacer counts as clean, and every few clean
-//     windows the rate climbs back by a few percent toward the ceiling.
+//   - The first throttle cuts the rate to 30% at once: the ceiling is too
+//     high by an unknown amount, and every replica of a fresh deployment
+//     would otherwise keep sending at it for a whole window.
+//   - A throttled window lowers the rate in proportion to the calls
+//     refused in it (taken over at least ten calls, so that a replica with
+//     a small share is not cut in half by one unlucky throttle), to just
+//     under what the quota let through.
+//   - A window without throttles in which callers had to wait for the
+//     pacer is clean; every second one raises the rate by a thirty-fifth
+//     of the ceiling. Additive increase and multiplicative decrease:
+//     replicas sharing a quota converge on it together, and towards equal
+//     shares. A longer run of clean windows probes multiplicatively, ever
+//     bolder, for room another replica left.
 //   - Throttling that the rate does not change is not this replica's doing
-//     (another client of the account, or a fault): when a whole window
-//     after a decrease is throttled about as much as before it while calls
-//     still get through, the pacer restores the rate from before the
-//     decrease and ignores throttles for a while, rather than starve its
-//     callers for nothing. When nothing gets through at all, the rate
-//     stays low: the quota is used up elsewhere or gone.
+//     (another client of the account, or a fault). Each series of
+//     decreases is judged once enough calls went out at the lowered rate:
+//     when the rate fell far, the throttled share barely, and what got
+//     through fell with the rate (against a quota, what gets through stays
+//     the quota), the pacer restores the rate from before and, for a
+//     while, takes throttled windows for clean ones. Heavy throttling
+//     (more than half the calls), throttling that grew, or nothing getting
+//     through at all, is always taken to be the quota's.
 //
 // Callers wait in one queue and go in arrival order, one slot every
 // 1/rate (after a burst allowance), at the rate in force when their turn
@@ -35,9 +42,12 @@ import (
 // most one call waiting at a time, so a List call waits behind at most
 // one call per RPC in progress.
 //
-// Several replicas that share one quota and know nothing of each other
-// each adapt this way and settle together near the quota. A Pacer is safe
-// for concurrent use.
+// On a simulated quota of 50 calls/s (pacer_test.go), one to three
+// replicas that know nothing of each other settle at 50 calls/s with
+// 3-5% of the calls throttled; five replicas settle on the quota too, but
+// with about a fifth throttled: their probes collide more often. Random
+// 30% throttling keeps three quarters of the ceiling. A Pacer is safe for
+// concurrent use.
 type Pacer struct {
 	clock   pacerClock
 	ceiling float64 // calls/s; 0: no ceiling
@@ -56,12 +66,13 @@ type Pacer struct {
 
 	sends        [32]time.Time // the latest send times, a ring
 	nsends       int
-	recent       float64   // decaying average of "this answer was a throttle"
-	lastDecrease time.Time // calls sent before it do not lower the rate again
+	outcomes     [50]bool // whether each of the latest answers was a throttle, a ring
+	noutcomes    int
 	throttleSeen bool
 
 	win       window
-	clean     int // clean saturated windows in a row
+	lastWin   window // the last window that ended
+	clean     int    // clean saturated windows in a row
 	episode   *episode
 	holdUntil time.Time
 }
@@ -80,39 +91,65 @@ type window struct {
 	calls, throttled, ok, sent, waited int
 }
 
-// episode remembers the rate before throttling lowered it, to restore it
-// when lowering did not help.
+// episode remembers the rate and throttling before a decrease, to restore
+// the rate when lowering it did not help, and counts the answers to the
+// calls sent since.
 type episode struct {
-	rate      float64
-	throttled float64   // the throttled fraction that started it
-	start     time.Time // windows from here on ran at the lowered rate
+	rate      float64   // before the decrease
+	before    float64   // the throttled share of the latest answers before it
+	sample    int       // how many answers that share is of
+	succeeded float64   // calls/s that got through before it, by the rate
+	start     time.Time // calls sent from here on went at the lowered rate
+	// answers to calls sent since start
+	calls, throttled, ok int
 }
 
 const (
 	pacerWindow = 500 * time.Millisecond
-	// heavyThrottling is the recent throttled fraction above which every
-	// round trip lowers the rate by fastDecrease.
-	heavyThrottling = 0.2
-	fastDecrease    = 0.8
-	// afterWindowDecrease is the rate, as a fraction of the calls that
-	// succeeded in a throttled window, that the window sets.
+	// heavyThrottling is the throttled share above which throttling is
+	// always taken to be caused by the rate.
+	heavyThrottling = 0.5
+	// firstDecrease is what the first throttle multiplies the rate by.
+	firstDecrease = 0.3
+	// A throttled window multiplies the rate by the share of its calls
+	// that got through and afterWindowDecrease, and by at least
+	// minDecrease.
 	afterWindowDecrease = 0.95
+	minDecrease         = 0.5
 	// cleanWindowsToIncrease saturated windows without a throttle raise the
-	// rate by increaseFactor.
+	// rate by one step (additive: with the multiplicative decreases,
+	// replicas sharing a quota converge to equal shares).
 	cleanWindowsToIncrease = 2
-	increaseFactor         = 1.05
-	// notOurs: a window after a decrease throttled at least this share of
-	// the throttled fraction before it shows the throttling is not caused
-	// by the rate; throttles are then ignored for holdWindows windows.
-	notOurs     = 0.8
-	holdWindows = 10
-	// significantThrottling is the least throttled fraction from which
-	// "lowering did not help" is told apart from noise.
+	// After probeAfter clean saturated windows in a row, every further one
+	// raises the rate by probeFactor times the windows of the streak
+	// beyond it, by at most maxProbe.
+	probeAfter  = 4
+	probeFactor = 0.05
+	maxProbe    = 1.5
+	// notOurs: throttling after a series of decreases within this factor
+	// of the throttling before it is "about as much"; when it is not ours,
+	// throttled windows count as clean for holdWindows windows.
+	notOurs     = 0.5
+	holdWindows = 8
+	// proportional: what got through after a decrease fell "with the
+	// rate" when it is below this multiple of the rate's fall; judgedFall
+	// is how far the rate must have fallen for that to tell.
+	proportional = 1.3
+	judgedFall   = 0.6
+	// significantThrottling is the least throttled share from which
+	// "lowering did not help" is told apart from noise, and episodeCalls
+	// the answers (to calls sent after a decrease) it is judged on.
 	significantThrottling = 0.1
+	episodeCalls          = 30
+	// episodeFloor bounds the decreases of an episode until it is judged:
+	// at most to this share of the rate before it, so that it is judged
+	// soon, at a rate that still tells.
+	episodeFloor = 0.25
+	// minWindowCalls is the least number of calls a window's throttled
+	// share is taken over.
+	minWindowCalls = 10
 	// minRate is the lowest rate the pacer goes down to, in calls/s.
 	minRate = 0.5
-	// recentWeight is the weight of the newest answer in recent.
-	recentWeight = 0.1
 )
 
 // pacerClock is the pacer's time; tests simulate it.
@@ -137,8 +174,16 @@ func NewPacer(ceiling float64, burst int) *Pacer {
 }
 
 func newPacer(ceiling float64, burst int, clock pacerClock) *Pacer {
-	p := &Pacer{clock: clock, ceiling: max(ceiling, 0), burst: float64(max(burst, 1)), rate: max(ceiling, 0)}
-	p.win.start = clock.Now()
+	p := &Pacer{clock: clock, ceiling: max(ceiling, 0), burst: float64(max(burst, 1))}
+	now := clock.Now()
+	p.win.start = now
+	if p.ceiling > 0 {
+		// A fresh replica starts at its ceiling but without burst credit
+		// (which accrues as calls go slower than the rate): replicas
+		// starting together do not open with a burst each.
+		p.rate = p.ceiling
+		p.tat = now.Add(time.Duration((p.burst - 1) * float64(p.interval())))
+	}
 	return p
 }
 
@@ -333,30 +378,58 @@ func (p *Pacer) Observe(sent time.Time, o Outcome) {
 	if o == Failed {
 		return
 	}
+	throttle := o == Throttled
 	p.win.calls++
-	isThrottle := 0.0
-	if o == Throttled {
+	if throttle {
 		p.win.throttled++
-		isThrottle = 1
 	} else {
 		p.win.ok++
 	}
-	p.recent += recentWeight * (isThrottle - p.recent)
-	if o != Throttled || now.Before(p.holdUntil) {
-		return
+	p.outcomes[p.noutcomes%len(p.outcomes)] = throttle
+	p.noutcomes++
+	if ep := p.episode; ep != nil && !sent.Before(ep.start) {
+		ep.calls++
+		if throttle {
+			ep.throttled++
+		} else {
+			ep.ok++
+		}
 	}
-	if !p.throttleSeen {
+	if now.Before(p.holdUntil) && p.throttledShare() > heavyThrottling {
+		p.holdUntil = time.Time{} // heavy after all: the throttling is ours
+	}
+	if throttle && !p.throttleSeen {
+		// The first throttle: the rate the pacer started with is too
+		// high, by how much is not known yet. Cut it at once, rather than
+		// wait for the evidence to pile up while every replica of a fresh
+		// deployment keeps sending.
 		p.throttleSeen = true
 		if p.rate <= 0 { // no ceiling: start from the rate calls were sent at
 			p.rate = p.sendRate(now)
 			p.tat = now
 		}
+		p.startEpisode(now)
+		p.setRate(now, p.rate*firstDecrease)
 	}
-	if p.recent > heavyThrottling && sent.After(p.lastDecrease) {
-		p.startEpisode(now, p.recent)
-		p.setRate(now, p.rate*fastDecrease)
-		p.lastDecrease = now
+}
+
+// throttledShare is the throttled share of the latest answers.
+func (p *Pacer) throttledShare() float64 { return p.latestShare(len(p.outcomes)) }
+
+// latestShare is the throttled share of the latest n answers (fewer when
+// there are fewer).
+func (p *Pacer) latestShare(n int) float64 {
+	n = min(n, p.noutcomes, len(p.outcomes))
+	if n == 0 {
+		return 0
 	}
+	t := 0
+	for i := range n {
+		if p.outcomes[(p.noutcomes-1-i)%len(p.outcomes)] {
+			t++
+		}
+	}
+	return float64(t) / float64(n)
 }
 
 // sendRate is the rate of the latest sends, up to now.
@@ -370,12 +443,25 @@ func (p *Pacer) sendRate(now time.Time) float64 {
 	return max(float64(n)/span, minRate)
 }
 
-// startEpisode remembers the rate before a decrease, unless an episode of
-// decreases is going on already.
-func (p *Pacer) startEpisode(at time.Time, throttled float64) {
+// startEpisode remembers the rate and throttling before a decrease, unless
+// an episode of decreases is being judged already.
+func (p *Pacer) startEpisode(at time.Time) {
 	if p.episode == nil {
-		p.episode = &episode{rate: p.rate, throttled: throttled, start: at}
+		// What got through before: the rate less its throttled share.
+		succeeded := p.rate * (1 - p.throttledShare())
+		p.episode = &episode{rate: p.rate, before: p.throttledShare(), sample: min(p.noutcomes, len(p.outcomes)), succeeded: succeeded, start: at}
 	}
+}
+
+// floor is how low decreases may take the rate before the episode is
+// judged: a quarter of the rate before it, unless the throttling is heavy
+// (heavy throttling is never judged "not ours", so it has no use for a
+// rate that still tells).
+func (p *Pacer) floor() float64 {
+	if ep := p.episode; ep != nil && ep.before <= heavyThrottling && p.throttledShare() <= heavyThrottling {
+		return ep.rate * episodeFloor
+	}
+	return 0
 }
 
 // setRate changes the rate within [minRate, ceiling] and reschedules the
@@ -410,6 +496,7 @@ func (p *Pacer) roll(now time.Time) {
 	for now.Sub(p.win.start) >= pacerWindow {
 		end := p.win.start.Add(pacerWindow)
 		p.endWindow(now, end)
+		p.lastWin = p.win
 		p.win = window{start: end}
 		if now.Sub(end) >= pacerWindow { // idle windows: start afresh
 			p.win.start = now
@@ -422,40 +509,83 @@ func (p *Pacer) endWindow(now, end time.Time) {
 	if w.calls == 0 || p.rate <= 0 {
 		return
 	}
-	if w.throttled == 0 {
-		p.episode = nil
+	if ep := p.episode; ep != nil && ep.calls >= episodeCalls && !w.start.Before(ep.start) {
+		p.judge(now, end, ep, w)
+	}
+	if w.throttled == 0 || !end.After(p.holdUntil) {
+		// Clean, or throttled by what is not ours: room to grow.
 		saturated := w.waited*4 >= w.sent && w.sent > 0
 		if !saturated || (p.ceiling > 0 && p.rate >= p.ceiling) {
 			p.clean = 0
 			return
 		}
-		if p.clean++; p.clean >= cleanWindowsToIncrease {
-			p.clean = 0
-			p.setRate(now, p.rate*increaseFactor)
+		p.clean++
+		switch {
+		case p.clean >= probeAfter:
+			// Clean for a while: there is room (another replica went
+			// quiet, or the quota grew). Probe multiplicatively.
+			// The longer the streak, the bolder the probe.
+			factor := min(1+probeFactor*float64(p.clean-probeAfter+1), maxProbe)
+			p.setRate(now, max(p.rate*factor, p.rate+p.step()))
+		case p.clean%cleanWindowsToIncrease == 0:
+			p.setRate(now, p.rate+p.step())
 		}
 		return
 	}
 	p.clean = 0
-	if !end.After(p.holdUntil) {
-		return // throttling that is not ours: ignored for now
+	// Throttled: lower the rate in proportion to what was refused, to just
+	// under what got through.
+	// Over at least a few calls: a replica with a small share of the
+	// quota sends few calls a window, and one throttle among two must not
+	// halve its rate (it would never get its share back).
+	throttled := float64(w.throttled) / float64(max(w.calls, minWindowCalls))
+	p.startEpisode(end)
+	if r := max(p.rate*max(minDecrease, (1-throttled)*afterWindowDecrease), p.floor()); r < p.rate {
+		p.setRate(now, r)
 	}
-	throttled := float64(w.throttled) / float64(w.calls)
-	if ep := p.episode; ep != nil && !w.start.Before(ep.start) && ep.throttled >= significantThrottling &&
-		throttled >= notOurs*ep.throttled && w.ok > 0 {
-		// A whole window at the lowered rate is throttled as much as
-		// before, and calls still get through: the throttling is not
-		// caused by this rate, and the lower rate only lowers what gets
-		// through. (When nothing gets through, the quota is used up
-		// elsewhere or gone, and the rate stays low.)
-		p.setRate(now, ep.rate)
+}
+
+// judge decides, once enough calls were sent after the decreases of
+// episode ep, whether they were right: whether the throttling is caused by
+// the rate. w is the window that just ended, at the lowered rate.
+func (p *Pacer) judge(now, end time.Time, ep *episode, w window) {
+	after := float64(ep.throttled) / float64(ep.calls) // since the decrease
+	switch {
+	case ep.before < significantThrottling || ep.sample < episodeCalls:
+		// Too little known from before to compare: the decrease stands.
 		p.episode = nil
+	case ep.before > heavyThrottling || after > heavyThrottling || after > ep.before/notOurs || ep.ok == 0:
+		// Heavy throttling, or throttling that grew although the rate
+		// fell (other replicas took the room), or nothing gets through
+		// (the quota is used up elsewhere, or gone): whatever its cause,
+		// the rate must stay down. (Replicas sharing a quota, lowering at
+		// different moments, could also take each other's share for a
+		// sign that the throttling is not theirs: not when it is heavy.)
+		p.episode = nil
+	case after < notOurs*ep.before:
+		p.episode = nil // lowering helped: the decrease stands
+	case p.rate/ep.rate > judgedFall:
+		// About as throttled as before, but the rate has not fallen far
+		// enough yet for what gets through to tell: keep lowering.
+	case float64(w.ok)/pacerWindow.Seconds() < proportional*(p.rate/ep.rate)*ep.succeeded:
+		// The rate fell far, the throttling barely, and what gets
+		// through fell with the rate: the throttling is not caused by
+		// this rate (against a quota, what gets through stays the
+		// quota), and the lower rate only lowers what gets through.
+		p.setRate(now, ep.rate)
 		p.holdUntil = end.Add(holdWindows * pacerWindow)
-		return
+		p.episode = nil
+	default:
+		p.episode = nil // what gets through held up: the quota's
 	}
-	// Throttled, and lowering the rate helps or is untried: go just under
-	// what got through.
-	p.startEpisode(end, throttled)
-	succeeded := float64(w.ok) / pacerWindow.Seconds()
-	p.setRate(now, min(p.rate, succeeded*afterWindowDecrease))
-	p.lastDecrease = end
+}
+
+// step is the additive increase after clean windows: a thirty-fifth of
+// the ceiling (without a ceiling, of the current rate).
+func (p *Pacer) step() float64 {
+	ref := p.ceiling
+	if ref <= 0 {
+		ref = p.rate
+	}
+	return max(minRate/2, ref/35)
 }

@@ -110,6 +110,26 @@ type Stack struct {
 	served   chan error
 }
 
+// Simulator starts a simulator on a loopback port for t, accepting the
+// kit's key unless cfg names keys, and returns it with its base URL: for
+// several gateways (Config.Upstream) in front of one simulated account.
+func Simulator(t testing.TB, cfg ecdsim.Config) (*ecdsim.Simulator, string) {
+	t.Helper()
+	if cfg.Keys == nil {
+		cfg.Keys = []ecdsim.Key{{AccessKeyID: KeyID, AccessKeySecret: KeySecret}}
+	}
+	if cfg.Seed == 0 {
+		cfg.Seed = Seed
+	}
+	sim, err := ecdsim.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(sim)
+	t.Cleanup(srv.Close)
+	return sim, srv.URL
+}
+
 // Start starts a stack; Close stops it. Tests use [New].
 func Start(cfg Config) (*Stack, error) {
 	gwCfg, err := gateway.ParseArgs(cfg.Args, func(string) (string, bool) { return "", false }, io.Discard)
