@@ -43,6 +43,13 @@ func newInstruments(mp metric.MeterProvider) instruments {
 		metric.WithDescription("Upstream answers that were throttling errors."), metric.WithUnit("{call}"))
 	in.budgetExhausted, _ = m.Int64Counter("imagerecords.upstream.retry_budget_exhausted",
 		metric.WithDescription("Retries not made because the retry budget was exhausted."), metric.WithUnit("{retry}"))
+	// Export every counter at zero from the start, so that rates and
+	// alerts have a series before the first event.
+	ctx := context.Background()
+	in.calls.Add(ctx, 0, metric.WithAttributes(attribute.String("outcome", "ok"), semconv.ErrorTypeKey.String("")))
+	in.retries.Add(ctx, 0, metric.WithAttributes(semconv.ErrorTypeKey.String("Throttling.User")))
+	in.throttles.Add(ctx, 0)
+	in.budgetExhausted.Add(ctx, 0)
 	return in
 }
 
@@ -80,6 +87,8 @@ func errorCode(err error) string {
 		return "malformed_response"
 	case errors.Is(err, ErrNoCredentials):
 		return "no_credentials"
+	case isUnknownRegion(err):
+		return "unknown_region"
 	}
 	return "network"
 }

@@ -66,7 +66,7 @@ func startSimulation(seed int64, faults ecdsim.Faults, logger *slog.Logger) (*si
 }
 
 func (s *simulation) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), simulatorStopTimeout)
 	defer cancel()
 	_ = s.server.Shutdown(ctx)
 }
