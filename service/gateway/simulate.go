@@ -73,6 +73,12 @@ func (s *simulation) close() {
 
 // printBanner tells a new user what to try.
 func (s *simulation) printBanner(w io.Writer, addr string) {
+	// A wildcard listener (the image's 0.0.0.0:8080) is tried on loopback.
+	if host, port, err := net.SplitHostPort(addr); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			addr = net.JoinHostPort("127.0.0.1", port)
+		}
+	}
 	fmt.Fprintf(w, "imagerecordsd is serving on http://%s, answering from the embedded ECD simulator at %s.\n\n", addr, s.endpoint)
 	fmt.Fprintf(w, "Sample desktops (region %s):\n", simulatedRegion)
 	for _, d := range s.desktops {
