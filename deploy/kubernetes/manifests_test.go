@@ -497,4 +497,3 @@ func goMemLimit(t *testing.T, s string) int64 {
 	}
 	return v
 }
-
