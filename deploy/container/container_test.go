@@ -104,6 +104,7 @@ func TestImageSettings(t *testing.T) {
 func TestImageServesAndDrains(t *testing.T) {
 	id := run(t, "run", "--detach",
 		"--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+		"--label", "imagerecords.container-test=1",
 		"--publish", "127.0.0.1::8080", "--publish", "127.0.0.1::9464",
 		image(t), "--simulate")
 	t.Cleanup(func() {
