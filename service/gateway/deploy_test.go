@@ -238,6 +238,36 @@ func TestUnknownRegionIsInvalidArgument(t *testing.T) {
 	}
 }
 
+// TestSimulatorRefusesRegionsItDoesNotServe: behind an endpoint that does
+// not depend on the region (the simulator, a VPC endpoint), the upstream's
+// own InvalidRegionId answer is the caller's InvalidArgument, not retried.
+func TestSimulatorRefusesRegionsItDoesNotServe(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int64
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops: testDesktops,
+		WrapSimulator: func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls.Add(1)
+				next.ServeHTTP(w, r)
+			})
+		},
+	})
+	c := h.Client(connect.WithGRPC())
+	_, err := c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
+		RegionId: "cn-hangzou", DesktopId: smallDesktop,
+	}))
+	if connect.CodeOf(err) != connect.CodeInvalidArgument || gatewaytest.ErrorInfo(t, err).GetReason() != "InvalidRegionId" {
+		t.Fatalf("a region the simulator does not serve: %v, want InvalidArgument with reason InvalidRegionId", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("%d upstream calls, want 1 (never retried)", n)
+	}
+	if err := listOK(t, h); err != nil { // cn-hangzhou, the README's region
+		t.Errorf("the README's region: %v", err)
+	}
+}
+
 // tlsSerial dials addr and returns the serial number of the server's
 // certificate.
 func tlsSerial(t *testing.T, addr string, roots *x509.CertPool, certs ...tls.Certificate) (string, error) {

@@ -180,7 +180,9 @@ func (g *Gateway) Instrument(wrap func(http.Handler) http.Handler) {
 // of it has ended. New requests must not arrive while it waits.
 func (g *Gateway) WaitIdle() { g.inflight.Wait() }
 
-// Draining reports whether the gateway has begun to shut down.
+// Draining reports whether the gateway refuses new RPCs: from the end of
+// the drain delay after a SIGTERM on (readiness turned NOT_SERVING
+// earlier, at the SIGTERM itself).
 func (g *Gateway) Draining() bool { return g.draining.Load() }
 
 // Reload re-reads what can change while the gateway runs: the TLS

@@ -24,8 +24,9 @@ type simulation struct {
 	server      *http.Server
 }
 
-// simulatedRegion is the region the banner's examples use; the simulator
-// serves its desktops in any region.
+// simulatedRegion is the region the banner's examples use. The simulator
+// serves its desktops in every ECD region of ecdsim.DefaultRegions and
+// answers InvalidRegionId for any other, as ECD does.
 const simulatedRegion = "cn-hangzhou"
 
 func startSimulation(seed int64, faults ecdsim.Faults, logger *slog.Logger) (*simulation, error) {
