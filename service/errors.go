@@ -42,6 +42,13 @@ func (s *Service) toConnectError(ctx context.Context, err error) error {
 		return s.fromAPIError(ctx, apiErr)
 	}
 	switch {
+	case isType[*upstream.UnknownRegionError](err):
+		// A region with no ECD endpoint (a typo such as cn-hangzou) is the
+		// caller's mistake, not an outage: no RetryInfo.
+		regionErr, _ := errors.AsType[*upstream.UnknownRegionError](err)
+		var v violations
+		v.add("region_id", "region "+strconv.Quote(regionErr.Region)+" has no ECD endpoint ("+regionErr.Host+" does not resolve); use an ECD region id such as cn-hangzhou")
+		return v.err()
 	case isType[*upstream.PaginationError](err):
 		s.logger.LogAttrs(ctx, slog.LevelError, "upstream pagination broken", slog.String("error", err.Error()))
 		return withInfo(connect.NewError(connect.CodeInternal, err), GatewayErrorDomain, "UPSTREAM_TOKEN_REPEATED", nil)

@@ -37,6 +37,14 @@ func newInstruments(mp metric.MeterProvider) instruments {
 		metric.WithDescription("Upstream pages delivered to callers (one per List, one per stream message)."), metric.WithUnit("{page}"))
 	in.activeStreams, _ = m.Int64UpDownCounter("imagerecords.streams.active",
 		metric.WithDescription("Streams in progress."), metric.WithUnit("{stream}"))
+	// Export every counter at zero from the start, so that rates and
+	// alerts have a series before the first call.
+	ctx := context.Background()
+	for _, method := range []metric.AddOption{methodList, methodStream} {
+		in.records.Add(ctx, 0, method)
+		in.pages.Add(ctx, 0, method)
+	}
+	in.activeStreams.Add(ctx, 0)
 	return in
 }
 

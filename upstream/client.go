@@ -453,6 +453,9 @@ func (c *Client) roundTrip(ctx context.Context, in DescribeInput) (_ *Page, stat
 	if _, ok := errors.AsType[*networkError](err); ok {
 		return nil, status, err
 	}
+	if regionErr := c.unknownRegion(in.RegionID, err); regionErr != nil {
+		return nil, status, regionErr // not a networkError: never retried
+	}
 	// The URL may carry request parameters: keep it out of the error.
 	if ue, ok := errors.AsType[*url.Error](err); ok {
 		err = fmt.Errorf("%s %s: %w", ue.Op, req.URL.Host, ue.Err)

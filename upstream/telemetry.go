@@ -48,6 +48,13 @@ func newInstruments(mp metric.MeterProvider) instruments {
 		metric.WithExplicitBucketBoundaries(0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 	in.budgetExhausted, _ = m.Int64Counter("imagerecords.upstream.retry_budget_exhausted",
 		metric.WithDescription("Retries not made because the retry budget was exhausted."), metric.WithUnit("{retry}"))
+	// Export every counter at zero from the start, so that rates and
+	// alerts have a series before the first event.
+	ctx := context.Background()
+	in.calls.Add(ctx, 0, metric.WithAttributes(attribute.String("outcome", "ok"), semconv.ErrorTypeKey.String("")))
+	in.retries.Add(ctx, 0, metric.WithAttributes(semconv.ErrorTypeKey.String("Throttling.User")))
+	in.throttles.Add(ctx, 0)
+	in.budgetExhausted.Add(ctx, 0)
 	return in
 }
 
@@ -103,6 +110,8 @@ func errorCode(err error) string {
 		return "malformed_response"
 	case errors.Is(err, ErrNoCredentials):
 		return "no_credentials"
+	case isUnknownRegion(err):
+		return "unknown_region"
 	}
 	return "network"
 }

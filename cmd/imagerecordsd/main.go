@@ -8,6 +8,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -22,20 +23,32 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	code := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr)
+	code := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
 
-// run runs the gateway of args and the environment until ctx is done, and
-// returns the exit code: 0 after a clean shutdown or -h, 2 for a bad
-// command line or environment variable, 1 for any other failure.
-func run(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdout, stderr io.Writer) int {
-	cfg, err := gateway.ParseArgs(args, lookupEnv, stderr)
+// run runs the gateway of args and the environment (os.Environ's
+// "KEY=value" form) until ctx is done, and returns the exit code: 0 after
+// a clean shutdown, -h or --version, 2 for a bad command line or
+// environment variable, 1 for any other failure. Help and the version go
+// to stdout; errors, and the usage after a bad flag, to stderr.
+func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
+	if wantsVersion(args) {
+		fmt.Fprintln(stdout, "imagerecordsd", gateway.Version())
+		return 0
+	}
+	var usage bytes.Buffer
+	cfg, err := gateway.ParseEnviron(args, environ, &usage)
+	if errors.Is(err, flag.ErrHelp) {
+		_, _ = usage.WriteTo(stdout)
+		return 0
+	}
+	_, _ = usage.WriteTo(stderr)
 	if err == nil {
 		err = gateway.Run(ctx, cfg, stdout, stderr, nil)
 	}
-	if err == nil || errors.Is(err, flag.ErrHelp) {
+	if err == nil {
 		return 0
 	}
 	fmt.Fprintln(stderr, "imagerecordsd:", err)
@@ -43,4 +56,18 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		return 2
 	}
 	return 1
+}
+
+// wantsVersion reports whether args ask for the version (-version or
+// --version before any "--").
+func wantsVersion(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-version", "--version", "-version=true", "--version=true":
+			return true
+		}
+	}
+	return false
 }

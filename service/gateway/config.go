@@ -80,6 +80,14 @@ type Config struct {
 	MaxConcurrentStreams int
 	// CompressMinBytes gzips responses of at least this size; 0 never.
 	CompressMinBytes int
+
+	// Deploy and operations (issue 10).
+	//
+	// DrainDelay is how long the listener keeps accepting new connections
+	// and RPCs after SIGTERM, with readiness already NOT_SERVING, so that
+	// load balancers and the mesh withdraw the instance before the drain
+	// starts refusing calls.
+	DrainDelay time.Duration
 }
 
 // DefaultConfig returns the production defaults: what a user gets who sets
@@ -102,6 +110,10 @@ func DefaultConfig() Config {
 		MaxHeaderBytes:         64 << 10,
 		MaxConcurrentStreams:   250,
 		CompressMinBytes:       0,
+
+		// Deploy and operations (issue 10). No delay by default: Ctrl-C on a
+		// laptop stops at once; the image's manifests set one.
+		DrainDelay: 0,
 	}
 }
 
@@ -150,8 +162,11 @@ func (c *Config) FlagSet(output io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxConcurrentStreams, "max-concurrent-streams", c.MaxConcurrentStreams, "HTTP/2 streams (RPCs) allowed at once on one connection")
 	fs.IntVar(&c.CompressMinBytes, "compress-min-bytes", c.CompressMinBytes, "gzip (fastest level) responses of at least this many bytes when the caller accepts gzip; 0: never compress (cheapest inside a mesh)")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+
+	// Deploy and operations (issue 10).
+	fs.DurationVar(&c.DrainDelay, "drain-delay", c.DrainDelay, "on SIGTERM, how long to keep accepting new calls with readiness already NOT_SERVING, before the drain (--shutdown-grace) starts; e.g. 5s behind a load balancer or mesh")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: imagerecordsd [flags]\n\nEvery flag can also be set by the environment variable %s<FLAG> (upper case, - as _).\nCredentials come from the standard Alibaba Cloud chain (ALIBABA_CLOUD_ACCESS_KEY_ID, ...).\n\nFlags:\n", EnvPrefix)
+		fmt.Fprintf(fs.Output(), "Usage: imagerecordsd [flags]\n       imagerecordsd --version\n\nEvery flag can also be set by the environment variable %s<FLAG> (upper case, - as _).\nCredentials come from the standard Alibaba Cloud chain (ALIBABA_CLOUD_ACCESS_KEY_ID, ...).\n\nFlags:\n", EnvPrefix)
 		fs.PrintDefaults()
 	}
 	return fs
@@ -217,7 +232,7 @@ func applyEnv(fs *flag.FlagSet, lookupEnv func(string) (string, bool)) error {
 		name := EnvName(f.Name)
 		if v, ok := lookupEnv(name); ok {
 			if e := fs.Set(f.Name, v); e != nil {
-				err = usage("%s: %w", name, e)
+				err = envValueError(f, name, v, e)
 			}
 		}
 	})
@@ -249,6 +264,12 @@ func (c Config) Validate() error {
 		return usage("--simulate-quota-qps and --simulate-quota-burst must not be negative")
 	case c.MaxRequestBytes <= 0 || c.MaxHeaderBytes <= 0 || c.MaxConcurrentStreams <= 0 || c.UpstreamQPS < 0 || c.UpstreamBurst < 0:
 		return usage("limits must be positive (--upstream-qps 0 disables the rate limit)")
+	}
+
+	// Deploy and operations (issue 10): operator mistakes that would
+	// otherwise be accepted silently, each named with its fix.
+	if err := c.validateOperations(); err != nil {
+		return err
 	}
 	return nil
 }

@@ -32,9 +32,10 @@ type Gateway struct {
 	logger   *slog.Logger
 	handler  http.Handler
 	admin    http.Handler
-	health   *grpchealth.StaticChecker
+	health   *healthChecker
 	auth     *bearerAuth // nil without Config.AuthTokensFile
 	tls      *tls.Config // nil for cleartext
+	tlsFiles *tlsFiles   // nil for cleartext
 	chain    []string
 	draining atomic.Bool
 	// inflight counts the service handler's requests in progress.
@@ -54,7 +55,7 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry) (*Ga
 	g := &Gateway{
 		cfg:    cfg,
 		logger: logger,
-		health: grpchealth.NewStaticChecker(imagerecordsv1connect.ImageRecordsServiceName),
+		health: &healthChecker{logger: logger},
 	}
 	var err error
 	if cfg.AuthTokensFile != "" {
@@ -63,7 +64,7 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry) (*Ga
 		}
 		logger.Info("bearer token auth on", slog.Int("tokens", g.auth.tokens()))
 	}
-	if g.tls, err = serverTLS(cfg); err != nil {
+	if g.tls, g.tlsFiles, err = serverTLS(cfg, logger); err != nil {
 		return nil, err
 	}
 	otelOpts := []otelconnect.Option{
@@ -129,13 +130,7 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry) (*Ga
 
 	admin := http.NewServeMux()
 	admin.Handle("GET /metrics", tel.Metrics)
-	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if g.draining.Load() {
-			http.Error(w, "draining", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = io.WriteString(w, "ok\n")
-	})
+	g.health.route(admin) // /livez, /readyz, /healthz
 	g.admin = admin
 	return g, nil
 }
@@ -154,7 +149,7 @@ type namedOption struct {
 // reflection, over Connect, gRPC and gRPC-Web.
 func (g *Gateway) Handler() http.Handler { return g.handler }
 
-// AdminHandler serves /metrics and /healthz.
+// AdminHandler serves /metrics, /livez, /readyz and /healthz.
 func (g *Gateway) AdminHandler() http.Handler { return g.admin }
 
 // Chain names, in order, the interceptors and handler options of the
@@ -162,7 +157,7 @@ func (g *Gateway) AdminHandler() http.Handler { return g.admin }
 // the same Chain run the same handler code.
 func (g *Gateway) Chain() []string { return append([]string(nil), g.chain...) }
 
-// Health reports the health status of the whole server ("" service), as
+// Health reports the liveness of the server ("" service), as
 // grpc.health.v1 answers it.
 func (g *Gateway) Health(ctx context.Context) (grpchealth.Status, error) {
 	res, err := g.health.Check(ctx, &grpchealth.CheckRequest{})
@@ -185,23 +180,27 @@ func (g *Gateway) Instrument(wrap func(http.Handler) http.Handler) {
 // of it has ended. New requests must not arrive while it waits.
 func (g *Gateway) WaitIdle() { g.inflight.Wait() }
 
-// Draining reports whether the gateway has begun to shut down.
+// Draining reports whether the gateway refuses new RPCs: from the end of
+// the drain delay after a SIGTERM on (readiness turned NOT_SERVING
+// earlier, at the SIGTERM itself).
 func (g *Gateway) Draining() bool { return g.draining.Load() }
 
-// Reload re-reads what can change while the gateway runs: the bearer
+// Reload re-reads what can change while the gateway runs: the TLS
+// certificate, key and client CAs (when they changed), and the bearer
 // tokens file. A failed reload keeps what is in force. The daemon calls it
 // on SIGHUP.
 func (g *Gateway) Reload() error {
+	tlsErr := g.reloadTLS() // certificate rotation (issue 10)
 	if g.auth == nil {
-		g.logger.Info("reload: nothing to reload (no --auth-tokens-file)")
-		return nil
+		g.logger.Info("reload: no --auth-tokens-file to reload")
+		return tlsErr
 	}
 	if err := g.auth.reload(); err != nil {
 		g.logger.Error("auth tokens not reloaded; the previous tokens stay in force", slog.String("error", err.Error()))
-		return err
+		return errors.Join(tlsErr, err)
 	}
 	g.logger.Info("auth tokens reloaded", slog.Int("tokens", g.auth.tokens()))
-	return nil
+	return tlsErr
 }
 
 // responseCompression compresses responses of at least minBytes when the

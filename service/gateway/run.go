@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/imagerecords/imagerecords/upstream"
 )
@@ -35,7 +34,7 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer, ready func(*
 	}
 	defer func() {
 		// Flush what is buffered (the last spans of drained streams).
-		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), telemetryFlushTimeout)
 		defer cancel()
 		if err := tel.Shutdown(flushCtx); err != nil {
 			logger.Warn("telemetry flush failed", slog.String("error", err.Error()))
@@ -66,6 +65,7 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer, ready func(*
 	if err != nil {
 		return err
 	}
+	g.CheckCredentials(creds) // readiness: NOT_SERVING while no key resolves
 	stopReload := reloadOnSIGHUP(g)
 	defer stopReload()
 

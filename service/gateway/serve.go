@@ -10,9 +10,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"connectrpc.com/grpchealth"
-
-	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
 )
 
 // errShutdown is the cause with which the gateway cancels the RPCs still
@@ -24,15 +21,18 @@ var errDraining = errors.New("the gateway is shutting down; retry on another ins
 
 // Serve serves the gateway on ln (TLS when the Config names a certificate)
 // and the admin handler on adminLn (when not nil) until ctx is done, then
-// drains: health turns NOT_SERVING, new RPCs are refused with Unavailable,
-// in-flight ones get Config.ShutdownGrace to finish, and the rest are
-// cancelled with Unavailable telling the caller to resume. It returns nil
-// after a clean shutdown.
+// drains: readiness turns NOT_SERVING, the listener serves on for
+// Config.DrainDelay, then new RPCs are refused with Unavailable, in-flight
+// ones get Config.ShutdownGrace to finish, and the rest are cancelled with
+// Unavailable telling the caller to resume (drain.go has the timeline). It
+// returns nil after a clean shutdown.
 func (g *Gateway) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	// Handlers run under base, not under ctx: a SIGTERM must let in-flight
 	// streams finish, and cancels them only when the grace period is over.
 	base, cancelBase := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelBase(nil)
+	defer g.health.stopped.Store(true) // liveness: off once the server stopped
+	defer g.watchTLSFiles()()          // certificate rotation (issue 10)
 	srv := g.server(base)
 	served := make(chan error, 1)
 	go func() {
@@ -59,9 +59,10 @@ func (g *Gateway) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	case <-ctx.Done():
 	}
 
+	if err := g.beginDrain(served); err != nil { // readiness off, then the drain delay
+		return err
+	}
 	g.draining.Store(true)
-	g.health.SetStatus("", grpchealth.StatusNotServing)
-	g.health.SetStatus(imagerecordsv1connect.ImageRecordsServiceName, grpchealth.StatusNotServing)
 	grace := g.cfg.ShutdownGrace
 	g.logger.Info("shutting down: draining in-flight requests", slog.Duration("grace", grace))
 	start := time.Now()
@@ -71,7 +72,7 @@ func (g *Gateway) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		g.logger.Warn("grace period over: cancelling the remaining requests", slog.Duration("grace", grace))
 		cancelBase(errShutdown)
 		// Give cancelled handlers a moment to send their final status.
-		closeCtx, cancelClose := context.WithTimeout(context.Background(), 2*time.Second)
+		closeCtx, cancelClose := context.WithTimeout(context.Background(), cancelledStatusWait)
 		defer cancelClose()
 		if err := srv.Shutdown(closeCtx); err != nil {
 			_ = srv.Close()

@@ -24,8 +24,9 @@ type simulation struct {
 	server      *http.Server
 }
 
-// simulatedRegion is the region the banner's examples use; the simulator
-// serves its desktops in any region.
+// simulatedRegion is the region the banner's examples use. The simulator
+// serves its desktops in every ECD region of ecdsim.DefaultRegions and
+// answers InvalidRegionId for any other, as ECD does.
 const simulatedRegion = "cn-hangzhou"
 
 func startSimulation(cfg Config, logger *slog.Logger) (*simulation, error) {
@@ -68,13 +69,19 @@ func startSimulation(cfg Config, logger *slog.Logger) (*simulation, error) {
 }
 
 func (s *simulation) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), simulatorStopTimeout)
 	defer cancel()
 	_ = s.server.Shutdown(ctx)
 }
 
 // printBanner tells a new user what to try.
 func (s *simulation) printBanner(w io.Writer, addr string) {
+	// A wildcard listener (the image's 0.0.0.0:8080) is tried on loopback.
+	if host, port, err := net.SplitHostPort(addr); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			addr = net.JoinHostPort("127.0.0.1", port)
+		}
+	}
 	fmt.Fprintf(w, "imagerecordsd is serving on http://%s, answering from the embedded ECD simulator at %s.\n\n", addr, s.endpoint)
 	fmt.Fprintf(w, "Sample desktops (region %s):\n", simulatedRegion)
 	for _, d := range s.desktops {

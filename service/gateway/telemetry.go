@@ -9,10 +9,14 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"strings"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/contrib/exporters/autoexport"
+	"go.opentelemetry.io/contrib/propagators/autoprop"
 	"go.opentelemetry.io/otel/attribute"
 	promexporter "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
@@ -52,9 +56,18 @@ func NoopTelemetry() *Telemetry {
 	}
 }
 
-// Version is the gateway's version: the module version when built from a
-// tagged module, else the VCS revision, else "dev".
+// version is stamped at build time by the image build
+// (deploy/build-image.sh): -ldflags "-X
+// github.com/imagerecords/imagerecords/service/gateway.version=v1.2.3".
+var version string
+
+// Version is the gateway's version: the one stamped at build time, else
+// the module version when built from a tagged module, else the VCS
+// revision, else "dev".
 func Version() string {
+	if version != "" {
+		return version
+	}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "dev"
@@ -92,6 +105,9 @@ func NewTelemetry(ctx context.Context, extra ...sdktrace.SpanProcessor) (*Teleme
 		resource.WithAttributes(
 			attribute.String("service.name", serviceName),
 			attribute.String("service.version", Version()),
+			// A new id per process, as the semantic conventions ask;
+			// OTEL_RESOURCE_ATTRIBUTES may set another (the manifests do).
+			attribute.String("service.instance.id", uuid.NewString()),
 		),
 		resource.WithFromEnv(), // OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
 		resource.WithTelemetrySDK(),
@@ -116,7 +132,11 @@ func NewTelemetry(ctx context.Context, extra ...sdktrace.SpanProcessor) (*Teleme
 	}
 
 	registry := prometheus.NewRegistry()
-	prom, err := promexporter.New(promexporter.WithRegisterer(registry))
+	// The Go runtime and process series every Go service has; no
+	// otel_scope_* labels on every series (the meter name says nothing an
+	// operator queries by).
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	prom, err := promexporter.New(promexporter.WithRegisterer(registry), promexporter.WithoutScopeInfo())
 	if err != nil {
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
 	}
@@ -131,17 +151,41 @@ func NewTelemetry(ctx context.Context, extra ...sdktrace.SpanProcessor) (*Teleme
 		}
 	}
 
+	propagator, err := propagatorFromEnv()
+	if err != nil {
+		return nil, err
+	}
 	tp := sdktrace.NewTracerProvider(traceOpts...)
 	mp := sdkmetric.NewMeterProvider(metricOpts...)
 	return &Telemetry{
 		TracerProvider: tp,
 		MeterProvider:  mp,
-		Propagator:     propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
-		Metrics:        promhttp.HandlerFor(registry, promhttp.HandlerOpts{}),
+		Propagator:     propagator,
+		Metrics:        promhttp.HandlerFor(registry, promhttp.HandlerOpts{EnableOpenMetrics: true}),
 		shutdown: func(ctx context.Context) error {
 			return errors.Join(tp.Shutdown(ctx), mp.Shutdown(ctx))
 		},
 	}, nil
+}
+
+// propagatorFromEnv returns the propagators OTEL_PROPAGATORS names
+// (tracecontext, baggage, b3, b3multi, jaeger, xray, ottrace, none), or
+// W3C trace context and baggage when it is unset. An unknown name is an
+// error at start, not a trace silently broken at every hop.
+func propagatorFromEnv() (propagation.TextMapPropagator, error) {
+	v := strings.TrimSpace(os.Getenv("OTEL_PROPAGATORS"))
+	if v == "" {
+		return autoprop.NewTextMapPropagator(), nil
+	}
+	var names []string
+	for n := range strings.SplitSeq(v, ",") {
+		names = append(names, strings.TrimSpace(n))
+	}
+	p, err := autoprop.TextMapPropagator(names...)
+	if err != nil {
+		return nil, &UsageError{Err: fmt.Errorf("OTEL_PROPAGATORS=%q: %w; use a comma-separated list of tracecontext, baggage, b3, b3multi, jaeger, xray, ottrace or none", v, err)}
+	}
+	return p, nil
 }
 
 // Shutdown flushes and stops the providers: spans still buffered are

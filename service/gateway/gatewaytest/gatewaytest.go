@@ -190,6 +190,7 @@ func Start(cfg Config) (*Stack, error) {
 		s.Close()
 		return nil, err
 	}
+	s.Gateway.CheckCredentials(creds) // readiness, as the daemon's
 	if cfg.WrapHandler != nil {
 		s.Gateway.Instrument(cfg.WrapHandler)
 	}
