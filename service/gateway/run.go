@@ -46,7 +46,7 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer, ready func(*
 	var sim *simulation
 	describe := cfg.UpstreamEndpoint
 	if cfg.Simulate {
-		if sim, err = startSimulation(cfg.SimulateSeed, cfg.SimulateFaults, logger); err != nil {
+		if sim, err = startSimulation(cfg, logger); err != nil {
 			return err
 		}
 		defer sim.close()

@@ -28,15 +28,24 @@ type simulation struct {
 // serves its desktops in any region.
 const simulatedRegion = "cn-hangzhou"
 
-func startSimulation(seed int64, faults ecdsim.Faults, logger *slog.Logger) (*simulation, error) {
+// startSimulation starts the simulator of cfg's --simulate-* settings.
+func startSimulation(cfg Config, logger *slog.Logger) (*simulation, error) {
+	seed := cfg.SimulateSeed
 	creds := upstream.StaticCredentials{
 		AccessKeyID:     "LTAIsim" + rand.Text()[:12],
 		AccessKeySecret: rand.Text(),
 	}
+	desktops := ecdsim.DefaultDesktops(seed)
+	for i := range min(cfg.SimulateLiveDesktops, len(desktops)) {
+		desktops[i].Live = true
+	}
 	sim, err := ecdsim.New(ecdsim.Config{
-		Seed:   seed,
-		Keys:   []ecdsim.Key{{AccessKeyID: creds.AccessKeyID, AccessKeySecret: creds.AccessKeySecret}},
-		Faults: faults,
+		Seed:     seed,
+		Desktops: desktops,
+		Keys:     []ecdsim.Key{{AccessKeyID: creds.AccessKeyID, AccessKeySecret: creds.AccessKeySecret}},
+		Faults:   cfg.SimulateFaults,
+		Live:     cfg.SimulateLive,
+		Order:    cfg.SimulateOrder,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("starting the simulator: %w", err)
@@ -61,7 +70,8 @@ func startSimulation(seed int64, faults ecdsim.Faults, logger *slog.Logger) (*si
 		ids[i] = d.ID
 	}
 	logger.Info("simulator started", slog.String("endpoint", s.endpoint), slog.Int64("seed", seed),
-		slog.String("region", simulatedRegion), slog.Any("desktop_ids", ids))
+		slog.String("region", simulatedRegion), slog.Any("desktop_ids", ids), slog.String("order", cfg.SimulateOrder.String()),
+		slog.Int("live_desktops", cfg.SimulateLiveDesktops))
 	return s, nil
 }
 
@@ -76,7 +86,11 @@ func (s *simulation) printBanner(w io.Writer, addr string) {
 	fmt.Fprintf(w, "imagerecordsd is serving on http://%s, answering from the embedded ECD simulator at %s.\n\n", addr, s.endpoint)
 	fmt.Fprintf(w, "Sample desktops (region %s):\n", simulatedRegion)
 	for _, d := range s.desktops {
-		fmt.Fprintf(w, "  %s  %5d records\n", d.ID, d.Records)
+		live := ""
+		if d.Live {
+			live = "  (live: image changes start, run and settle while the gateway runs)"
+		}
+		fmt.Fprintf(w, "  %s  %5d records%s\n", d.ID, d.Records, live)
 	}
 	if len(s.desktops) == 0 {
 		return
