@@ -26,10 +26,11 @@ import (
 // until its FleetDesktopDone or FleetDesktopError was; a desktop whose
 // pages were fetched but not sent has no entry and starts again. At most
 // MaxFleetConcurrency desktops are in progress, so a token is at most
-// about 5 + 50 + 125 + 64 × (17 + len(NextToken)) bytes before base64: for
-// 1,000 desktops, 16 in progress and ECD's NextTokens of about 50 bytes,
-// about 1.2 KiB (1.6 KiB as text); at the hard worst (64 in progress with
-// NextTokens of the 1 KiB the client accepts) 65 KiB.
+// 5 + 50 + ⌈desktops/8⌉ + 2 + in progress × (17 + len(NextToken)) bytes
+// before base64 (TestFleetTokenSize): for 1,000 desktops, 16 in progress
+// and ECD's NextTokens of about 50 bytes, 1,372 characters; 64 in
+// progress, 4,892; at the hard worst (64 in progress with NextTokens of
+// the 1 KiB the client accepts) 88,092.
 
 // fleetTokenKind frames fleet resume tokens.
 const fleetTokenKind = 2

@@ -221,13 +221,9 @@ func (c *watchCursor) apply(e watchEvent) {
 	}
 }
 
-// knows reports whether the watcher knows r as it is.
-func (c *watchCursor) knows(r *upstream.Record, k recordKey) bool {
-	if running(r) {
-		if _, ok := slices.BinarySearch(c.running, changeOf(r)); ok {
-			return true
-		}
-	}
+// seen reports whether the watcher was told of r by the time it was told
+// of the mark: r is older, or at the mark and one of the records there.
+func (c *watchCursor) seen(r *upstream.Record, k recordKey) bool {
 	t := r.UpdateTime.UnixMilli()
 	if t != c.mark {
 		return t < c.mark
@@ -237,10 +233,10 @@ func (c *watchCursor) knows(r *upstream.Record, k recordKey) bool {
 }
 
 // events returns what the watcher does not know of v, in update_time
-// order: a settled record whose change the watcher knew in progress is
-// that change settling; any other record it does not know is added.
+// order, by the rules of diffViews: a settled record it was not told of
+// settles a change it knew in progress with the same images, or is added;
+// a record in progress is known while a change with its images is.
 func (c *watchCursor) events(v *watchView) []watchEvent {
-	settling := map[changeKey]int{}
 	known := map[changeKey]int{}
 	for _, ch := range c.running {
 		known[ch]++
@@ -248,17 +244,31 @@ func (c *watchCursor) events(v *watchView) []watchEvent {
 	var events []watchEvent
 	for i := range v.records {
 		r := &v.records[i]
-		if c.knows(r, v.keys[i]) {
+		if running(r) || c.seen(r, v.keys[i]) {
 			continue
 		}
-		if ch := changeOf(r); !running(r) && known[ch] > settling[ch] {
-			settling[ch]++
+		if ch := changeOf(r); known[ch] > 0 {
+			known[ch]--
 			events = append(events, watchEvent{kind: eventSettled, record: r})
+		} else {
+			events = append(events, watchEvent{kind: eventAdded, record: r})
+		}
+	}
+	for i := range v.records {
+		r := &v.records[i]
+		if !running(r) {
 			continue
 		}
-		events = append(events, watchEvent{kind: eventAdded, record: r})
+		if ch := changeOf(r); known[ch] > 0 {
+			known[ch]--
+			continue
+		}
+		if !c.seen(r, v.keys[i]) {
+			events = append(events, watchEvent{kind: eventAdded, record: r})
+		}
 	}
-	return events // v.records are in update_time order
+	slices.SortStableFunc(events, func(a, b watchEvent) int { return a.record.UpdateTime.Compare(b.record.UpdateTime) })
+	return events
 }
 
 func (c *watchCursor) clone() *watchCursor {

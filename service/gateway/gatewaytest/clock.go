@@ -73,6 +73,14 @@ func (c *Clock) Set(t time.Time) {
 // Advance moves the clock by d and fires the timers due.
 func (c *Clock) Advance(d time.Duration) { c.Set(c.Now().Add(d)) }
 
+// Pending counts the timers armed and not yet fired: the watch pollers
+// waiting for their next poll.
+func (c *Clock) Pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.timers)
+}
+
 // Fired counts the timers fired so far.
 func (c *Clock) Fired() int {
 	c.mu.Lock()
