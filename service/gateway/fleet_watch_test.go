@@ -243,3 +243,43 @@ func TestSimulateLiveAndOrderFlags(t *testing.T) {
 		t.Fatalf("watch of a live desktop: %v %v", w.Msg(), w.Err())
 	}
 }
+
+// TestREADMEFleetExamples runs the README's fleet examples against
+// --simulate as written: the fleet of the sample desktops and a missing
+// one, and its resumption from the token the README shows.
+func TestREADMEFleetExamples(t *testing.T) {
+	t.Parallel()
+	run := gatewaytest.Run(t, "--simulate")
+	ids := []string{"ecd-fbsbk62803tbtcx38", "ecd-n3udnya9cmi9fadka", "ecd-9j0xb6ko8nbhfyd42", "ecd-gcdovvbz4nd1jwyac",
+		"ecd-n4jlg83cixlsgwn8k", "ecd-aht0bxdfbosi25rjw", "ecd-xgitbmrv0bwokmubm", "ecd-ecjnvzvsj2r0lmui0", "ecd-nosuchdesktop1"}
+	for _, token := range []string{"", "AljN2g4JAAEAAYAAAA"} {
+		stream, err := gatewaytest.ClientOf(run.Addrs.API).StreamFleetImageModifiedRecords(t.Context(), connect.NewRequest(
+			&imagerecordsv1.StreamFleetImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopIds: ids, PageToken: token}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var errs []*imagerecordsv1.FleetDesktopError
+		var summary *imagerecordsv1.FleetSummary
+		for stream.Receive() {
+			if e := stream.Msg().GetDesktopError(); e != nil {
+				errs = append(errs, e)
+			}
+			if s := stream.Msg().GetSummary(); s != nil {
+				summary = s
+			}
+		}
+		if err := stream.Err(); err != nil {
+			t.Fatalf("page token %q: %v", token, err)
+		}
+		wantErrs := 1
+		if token != "" {
+			wantErrs = 0 // the token was made right after that error
+		}
+		if len(errs) != wantErrs || (wantErrs == 1 && (errs[0].GetDesktopId() != "ecd-nosuchdesktop1" || errs[0].GetCode() != imagerecordsv1.ErrorCode_ERROR_CODE_NOT_FOUND)) {
+			t.Errorf("page token %q: error messages %v", token, errs)
+		}
+		if summary.GetDesktops() != 9 || summary.GetDesktopsOk() != 8 || summary.GetDesktopsFailed() != 1 || summary.GetRecords() != 1735 || summary.GetUpstreamCalls() != 24 {
+			t.Errorf("page token %q: summary %v, not the README's", token, summary)
+		}
+	}
+}
