@@ -1,15 +1,20 @@
 package gateway_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
+	"go.uber.org/goleak"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
@@ -281,5 +286,70 @@ func TestREADMEFleetExamples(t *testing.T) {
 		if summary.GetDesktops() != 9 || summary.GetDesktopsOk() != 8 || summary.GetDesktopsFailed() != 1 || summary.GetRecords() != 1735 || summary.GetUpstreamCalls() != 24 {
 			t.Errorf("page token %q: summary %v, not the README's", token, summary)
 		}
+	}
+}
+
+// TestNoGoroutineLeaksAfterCancelledFleetsAndWatches cancels fleets and
+// watches at random points and checks that no worker, poller or watcher
+// goroutine outlives them. It does not run in parallel, so the goroutines
+// it sees are its own.
+func TestNoGoroutineLeaksAfterCancelledFleetsAndWatches(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	// Registered first, so it runs last: after the harness shut down.
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	desktops, ids := make([]ecdsim.Desktop, 40), make([]string, 40)
+	for i := range desktops {
+		ids[i] = fmt.Sprintf("ecd-leakfleet%02d", i)
+		desktops[i] = ecdsim.Desktop{ID: ids[i], Records: 250, Live: i < 4}
+	}
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops: desktops,
+		// Not the default limit of 100 upstream calls/s: it is not under
+		// test here, and it would stretch the ~6,000 calls to a minute.
+		Args: []string{"--upstream-qps", "0"},
+	})
+	rng := rand.New(rand.NewPCG(3, 4))
+	points := make(chan int)
+	go func() {
+		defer close(points)
+		for range 300 {
+			points <- rng.IntN(80) // fleets: 0..79 messages of about 160; watches: 0..2 of many
+		}
+	}()
+	var wg sync.WaitGroup
+	c := h.Client(connect.WithGRPC())
+	for w := range 10 {
+		wg.Go(func() {
+			for n := range points {
+				ctx, cancel := context.WithCancel(t.Context())
+				if w%2 == 0 {
+					stream, err := c.StreamFleetImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamFleetImageModifiedRecordsRequest{
+						RegionId: gatewaytest.Region, DesktopIds: ids,
+					}))
+					if err == nil {
+						for i := 0; i < n && stream.Receive(); i++ {
+						}
+						cancel()
+						_ = stream.Close()
+					}
+				} else {
+					stream, err := c.WatchImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.WatchImageModifiedRecordsRequest{
+						RegionId: gatewaytest.Region, DesktopId: ids[n%4], Snapshot: n%3 == 0,
+					}))
+					if err == nil {
+						for i := 0; i < n%3 && stream.Receive(); i++ {
+						}
+						cancel()
+						_ = stream.Close()
+					}
+				}
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	h.Gateway.WaitIdle()
+	if err := h.Stop(); err != nil {
+		t.Fatal(err)
 	}
 }
