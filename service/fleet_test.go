@@ -246,22 +246,33 @@ func TestFleetValidatesBeforeAnyUpstreamCall(t *testing.T) {
 	}
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			stream, err := c.StreamFleetImageModifiedRecords(t.Context(), connect.NewRequest(tc.req))
-			if err == nil {
-				for stream.Receive() {
-					t.Fatalf("a message: %v", stream.Msg())
-				}
-				err = stream.Err()
-			}
-			if connect.CodeOf(err) != connect.CodeInvalidArgument {
-				t.Fatalf("err = %v, want invalid_argument", err)
-			}
-			gatewaytest.CheckFieldViolation(t, err, tc.field)
+			checkRefused(t, stream, err, tc.field)
 		})
 	}
-	if got := h.Sim.Stats().Requests; got != requests {
-		t.Errorf("invalid fleets made %d upstream calls", got-requests)
+	t.Cleanup(func() {
+		if got := h.Sim.Stats().Requests; got != requests {
+			t.Errorf("invalid fleets made %d upstream calls", got-requests)
+		}
+	})
+}
+
+// checkRefused fails t unless a server stream opened with (stream, err)
+// ends with invalid_argument naming field, before any message.
+func checkRefused[T any](t *testing.T, stream *connect.ServerStreamForClient[T], err error, field string) {
+	t.Helper()
+	if err == nil {
+		defer stream.Close()
+		for stream.Receive() {
+			t.Fatalf("a message: %v", stream.Msg())
+		}
+		err = stream.Err()
 	}
+	if connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Fatalf("err = %v, want invalid_argument", err)
+	}
+	gatewaytest.CheckFieldViolation(t, err, field)
 }
 
 func TestFleetFoldsDuplicatesAndIgnoresOrder(t *testing.T) {

@@ -88,17 +88,21 @@ type ImageRecordsServiceClient interface {
 	// until_settled the stream ends once no change is in progress.
 	//
 	// The upstream only answers about the past, so the gateway polls it: every
-	// watch_min_interval while a change is in progress, backing off towards
-	// watch_max_interval while none is (the daemon's --watch-min-interval and
-	// --watch-max-interval), with jitter, through the shared rate limit. All
-	// the watchers of one desktop on one gateway replica share one poller:
-	// a poll costs ceil(records / 100) upstream calls however many watch.
+	// --watch-min-interval (a gateway flag) while a change is in progress,
+	// backing off towards --watch-max-interval while none is, with jitter,
+	// through the shared rate limit. All the watchers of one desktop on one
+	// gateway replica share one poller: a poll costs ceil(records / 100)
+	// upstream calls however many watch. A poll that fails for now
+	// (throttling, an unavailable upstream) is made again later and watchers
+	// hear nothing of it; one that fails for good (an unknown desktop, a
+	// permission, a broken answer) ends every watcher of the desktop with
+	// that error.
 	//
 	// Records have no id and the API documents no order, so the gateway
 	// identifies a record by what it is and compares whole polls as sets,
 	// never relying on where a record appears:
 	//
-	//   - A settled record (SUCCEEDED or FAILED) never changes again. It is
+	//   - A settled record (any status but IN_PROGRESS) never changes again. It is
 	//     identified by all of its fields; update_time has milliseconds, so
 	//     two changes of one desktop that agree on every field are taken to
 	//     be the same record (seen twice, e.g. when the upstream's pages
@@ -238,17 +242,21 @@ type ImageRecordsServiceHandler interface {
 	// until_settled the stream ends once no change is in progress.
 	//
 	// The upstream only answers about the past, so the gateway polls it: every
-	// watch_min_interval while a change is in progress, backing off towards
-	// watch_max_interval while none is (the daemon's --watch-min-interval and
-	// --watch-max-interval), with jitter, through the shared rate limit. All
-	// the watchers of one desktop on one gateway replica share one poller:
-	// a poll costs ceil(records / 100) upstream calls however many watch.
+	// --watch-min-interval (a gateway flag) while a change is in progress,
+	// backing off towards --watch-max-interval while none is, with jitter,
+	// through the shared rate limit. All the watchers of one desktop on one
+	// gateway replica share one poller: a poll costs ceil(records / 100)
+	// upstream calls however many watch. A poll that fails for now
+	// (throttling, an unavailable upstream) is made again later and watchers
+	// hear nothing of it; one that fails for good (an unknown desktop, a
+	// permission, a broken answer) ends every watcher of the desktop with
+	// that error.
 	//
 	// Records have no id and the API documents no order, so the gateway
 	// identifies a record by what it is and compares whole polls as sets,
 	// never relying on where a record appears:
 	//
-	//   - A settled record (SUCCEEDED or FAILED) never changes again. It is
+	//   - A settled record (any status but IN_PROGRESS) never changes again. It is
 	//     identified by all of its fields; update_time has milliseconds, so
 	//     two changes of one desktop that agree on every field are taken to
 	//     be the same record (seen twice, e.g. when the upstream's pages
