@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"go.uber.org/goleak"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/goleak"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
 	"github.com/imagerecords/imagerecords/service"
