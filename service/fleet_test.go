@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -317,5 +318,33 @@ func TestFleetEndsOnFleetWideErrors(t *testing.T) {
 	err = stream.Err()
 	if n != 0 || connect.CodeOf(err) != connect.CodeInvalidArgument || gatewaytest.ErrorInfo(t, err).GetReason() != "InvalidRegionId" {
 		t.Fatalf("%d messages, then %v; want the stream to end with InvalidRegionId, not one error message per desktop", n, err)
+	}
+}
+
+func TestFleetMaxConcurrencyOneSendsDesktopsOneAfterAnother(t *testing.T) {
+	t.Parallel()
+	desktops := ecdsim.DefaultDesktops(gatewaytest.Seed)
+	h := gatewaytest.New(t, gatewaytest.Config{})
+	ids := []string{desktops[1].ID, desktops[2].ID, desktops[4].ID} // 250, 101 and 42 records
+	stream, err := h.Client().StreamFleetImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamFleetImageModifiedRecordsRequest{
+		RegionId: gatewaytest.Region, DesktopIds: ids, MaxConcurrency: 1,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	var order []string // desktop of each message, runs folded
+	for stream.Receive() {
+		id := stream.Msg().GetDesktopRecords().GetDesktopId() + stream.Msg().GetDesktopDone().GetDesktopId()
+		if id != "" && (len(order) == 0 || order[len(order)-1] != id) {
+			order = append(order, id)
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	sorted := slices.Sorted(slices.Values(ids))
+	if !slices.Equal(order, sorted) {
+		t.Fatalf("with max_concurrency 1 the desktops came as %q, want one after another in id order %q", order, sorted)
 	}
 }

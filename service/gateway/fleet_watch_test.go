@@ -297,23 +297,23 @@ func TestNoGoroutineLeaksAfterCancelledFleetsAndWatches(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	// Registered first, so it runs last: after the harness shut down.
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-	desktops, ids := make([]ecdsim.Desktop, 40), make([]string, 40)
+	desktops, ids := make([]ecdsim.Desktop, 30), make([]string, 30)
 	for i := range desktops {
 		ids[i] = fmt.Sprintf("ecd-leakfleet%02d", i)
-		desktops[i] = ecdsim.Desktop{ID: ids[i], Records: 250, Live: i < 4}
+		desktops[i] = ecdsim.Desktop{ID: ids[i], Records: 60, Live: i < 4}
 	}
 	h := gatewaytest.New(t, gatewaytest.Config{
 		Desktops: desktops,
 		// Not the default limit of 100 upstream calls/s: it is not under
-		// test here, and it would stretch the ~6,000 calls to a minute.
+		// test here, and it would stretch the ~3,000 calls to 30 s.
 		Args: []string{"--upstream-qps", "0"},
 	})
 	rng := rand.New(rand.NewPCG(3, 4))
 	points := make(chan int)
 	go func() {
 		defer close(points)
-		for range 300 {
-			points <- rng.IntN(80) // fleets: 0..79 messages of about 160; watches: 0..2 of many
+		for range 200 {
+			points <- rng.IntN(60) // fleets: 0..59 messages of 61; watches: 0..2 of many
 		}
 	}()
 	var wg sync.WaitGroup
