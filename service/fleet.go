@@ -207,7 +207,7 @@ func (f *fleet) run(ctx context.Context, concurrency int) error {
 			Records:        f.st.records,
 			UpstreamCalls:  f.calls(),
 		}},
-	}, false)
+	})
 }
 
 // page pages desktop i from cursor c into pages, under its own span, and
@@ -267,7 +267,7 @@ func (f *fleet) deliver(ctx context.Context, p fleetPage) error {
 				TotalCount: int32(p.page.TotalCount),
 				RequestId:  p.page.RequestID,
 			}},
-		}, true)
+		})
 		if err != nil {
 			return err
 		}
@@ -302,15 +302,14 @@ func (f *fleet) finish(ctx context.Context, i int, err error) error {
 		desktopErr.DesktopId, desktopErr.Records = f.ids[i], records
 		out.Event = &imagerecordsv1.StreamFleetImageModifiedRecordsResponse_DesktopError{DesktopError: desktopErr}
 	}
-	return f.send(ctx, out, true)
+	return f.send(ctx, out)
 }
 
-// send sends out, with the token of the state now when withToken.
-func (f *fleet) send(ctx context.Context, out *imagerecordsv1.StreamFleetImageModifiedRecordsResponse, withToken bool) error {
-	if withToken {
-		f.st.calls = f.calls()
-		out.ResumeToken = encodeFleetToken(f.scope, f.st)
-	}
+// send sends out with the token of the state now. The summary's token has
+// every desktop finished: a call with it sends the summary alone.
+func (f *fleet) send(ctx context.Context, out *imagerecordsv1.StreamFleetImageModifiedRecordsResponse) error {
+	f.st.calls = f.calls()
+	out.ResumeToken = encodeFleetToken(f.scope, f.st)
 	if err := f.stream.Send(out); err != nil {
 		if ctx.Err() != nil {
 			return f.s.toConnectError(ctx, ctx.Err())

@@ -695,7 +695,8 @@ type StreamFleetImageModifiedRecordsResponse struct {
 	//	*StreamFleetImageModifiedRecordsResponse_Summary
 	Event isStreamFleetImageModifiedRecordsResponse_Event `protobuf_oneof:"event"`
 	// Pass as page_token to a new call (same region and desktop ids) to
-	// continue right after this message; empty on the summary.
+	// continue right after this message. The summary's token makes a call
+	// that sends the summary again and nothing else.
 	ResumeToken   string `protobuf:"bytes,5,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

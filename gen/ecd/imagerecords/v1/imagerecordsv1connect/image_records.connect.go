@@ -70,11 +70,11 @@ type ImageRecordsServiceClient interface {
 	// FleetDesktopError message and the fleet goes on; every other desktop
 	// ends with a FleetDesktopDone message; a FleetSummary ends the stream.
 	//
-	// Every message but the summary carries a resume_token: a new call with
-	// the same region and desktop ids and that token as page_token continues
-	// right after that message, with nothing lost and nothing repeated:
-	// finished desktops are skipped and desktops in progress continue where
-	// their last message left them. Errors that concern the whole call (the
+	// Every message carries a resume_token: a new call with the same region
+	// and desktop ids and that token as page_token continues right after
+	// that message, with nothing lost and nothing repeated: finished desktops
+	// are skipped and desktops in progress continue where their last message
+	// left them (after the summary, nothing is left but the summary). Errors that concern the whole call (the
 	// caller's deadline, an unknown region, the gateway's own credentials)
 	// end the stream instead, and the last resume_token continues it.
 	//
@@ -224,11 +224,11 @@ type ImageRecordsServiceHandler interface {
 	// FleetDesktopError message and the fleet goes on; every other desktop
 	// ends with a FleetDesktopDone message; a FleetSummary ends the stream.
 	//
-	// Every message but the summary carries a resume_token: a new call with
-	// the same region and desktop ids and that token as page_token continues
-	// right after that message, with nothing lost and nothing repeated:
-	// finished desktops are skipped and desktops in progress continue where
-	// their last message left them. Errors that concern the whole call (the
+	// Every message carries a resume_token: a new call with the same region
+	// and desktop ids and that token as page_token continues right after
+	// that message, with nothing lost and nothing repeated: finished desktops
+	// are skipped and desktops in progress continue where their last message
+	// left them (after the summary, nothing is left but the summary). Errors that concern the whole call (the
 	// caller's deadline, an unknown region, the gateway's own credentials)
 	// end the stream instead, and the last resume_token continues it.
 	//
