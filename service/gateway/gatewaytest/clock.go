@@ -16,7 +16,6 @@ type Clock struct {
 	mu      sync.Mutex
 	now     time.Time
 	timers  []clockTimer
-	fired   int
 	changed chan struct{} // closed and replaced when a timer is armed
 }
 
@@ -65,7 +64,6 @@ func (c *Clock) Set(t time.Time) {
 			return false
 		}
 		tm.c <- c.now
-		c.fired++
 		return true
 	})
 }
@@ -79,13 +77,6 @@ func (c *Clock) Pending() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.timers)
-}
-
-// Fired counts the timers fired so far.
-func (c *Clock) Fired() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.fired
 }
 
 // NextTimer waits until a timer is armed and returns the earliest time
