@@ -6,7 +6,9 @@ import (
 	"log/slog"
 
 	"connectrpc.com/connect"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
 	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
@@ -15,10 +17,19 @@ import (
 
 // Service implements [imagerecordsv1connect.ImageRecordsServiceHandler].
 type Service struct {
-	api           upstream.API
-	logger        *slog.Logger
-	meterProvider metric.MeterProvider
-	metrics       instruments
+	api            upstream.API
+	logger         *slog.Logger
+	meterProvider  metric.MeterProvider
+	metrics        instruments
+	tracerProvider trace.TracerProvider
+	tracer         trace.Tracer
+	// fleetConcurrency is the default and cap of a fleet's max_concurrency.
+	fleetConcurrency int
+	// watch is the shared pollers of WatchImageModifiedRecords.
+	watch *watchHub
+	// watchClock and watchIntervals configure the watch pollers.
+	watchClock     Clock
+	watchIntervals WatchIntervals
 }
 
 var _ imagerecordsv1connect.ImageRecordsServiceHandler = (*Service)(nil)
@@ -31,13 +42,29 @@ func WithLogger(l *slog.Logger) Option {
 	return func(s *Service) { s.logger = l }
 }
 
+// WithTracerProvider sets where the spans of fleet desktops and watch polls
+// go. Default: the global OTel tracer provider.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(s *Service) { s.tracerProvider = tp }
+}
+
 // New returns a service that reads records through api.
 func New(api upstream.API, opts ...Option) *Service {
-	s := &Service{api: api, logger: slog.New(slog.DiscardHandler), meterProvider: defaultMeterProvider()}
+	s := &Service{
+		api:              api,
+		logger:           slog.New(slog.DiscardHandler),
+		meterProvider:    defaultMeterProvider(),
+		tracerProvider:   otel.GetTracerProvider(),
+		fleetConcurrency: DefaultFleetConcurrency,
+		watchClock:       realClock{},
+		watchIntervals:   DefaultWatchIntervals(),
+	}
 	for _, opt := range opts {
 		opt(s)
 	}
 	s.metrics = newInstruments(s.meterProvider)
+	s.tracer = s.tracerProvider.Tracer(instrumentationName)
+	s.watch = newWatchHub(s)
 	return s
 }
 

@@ -23,17 +23,21 @@ func (v *violations) add(field, description string) {
 }
 
 func (v *violations) checkDesktop(region, desktop string) {
-	switch {
-	case region == "":
-		v.add("region_id", "required, e.g. cn-hangzhou")
-	case !upstream.ValidRegion(region):
-		v.add("region_id", "must be an Alibaba Cloud region id such as cn-hangzhou")
-	}
+	v.checkRegion(region)
 	switch {
 	case desktop == "":
 		v.add("desktop_id", "required, e.g. ecd-bd53sfmysz8ir0001")
 	case !desktopPattern.MatchString(desktop):
 		v.add("desktop_id", `must be an ECD desktop id: "ecd-" and up to 60 lower-case letters or digits`)
+	}
+}
+
+func (v *violations) checkRegion(region string) {
+	switch {
+	case region == "":
+		v.add("region_id", "required, e.g. cn-hangzhou")
+	case !upstream.ValidRegion(region):
+		v.add("region_id", "must be an Alibaba Cloud region id such as cn-hangzhou")
 	}
 }
 

@@ -133,6 +133,11 @@ func WithCallStats(ctx context.Context, stats *CallStats) context.Context {
 	return context.WithValue(ctx, callStatsKey{}, stats)
 }
 
+// CallStatsFrom returns the stats ctx counts attempts into ([WithCallStats]),
+// or nil: a call that makes many upstream calls at once (a fleet) reports
+// its progress from them.
+func CallStatsFrom(ctx context.Context) *CallStats { return callStatsFrom(ctx) }
+
 func callStatsFrom(ctx context.Context) *CallStats {
 	s, _ := ctx.Value(callStatsKey{}).(*CallStats)
 	return s

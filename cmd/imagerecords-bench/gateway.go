@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 
 	"connectrpc.com/connect"
@@ -47,4 +48,52 @@ func gatewayList(ctx context.Context, c imagerecordsv1connect.ImageRecordsServic
 		return nil, err
 	}
 	return res.Msg, nil
+}
+
+// fleetResult is what one fleet call delivered.
+type fleetResult struct {
+	records, messages int
+	summary           *imagerecordsv1.FleetSummary
+}
+
+// gatewayFleet receives a whole StreamFleetImageModifiedRecords stream of
+// ids, calling onMsg with the record count of every message. A desktop
+// error message or a missing summary is an error.
+func gatewayFleet(ctx context.Context, c imagerecordsv1connect.ImageRecordsServiceClient, ids []string, concurrency int32,
+	onMsg func(records int)) (fleetResult, error) {
+	var res fleetResult
+	stream, err := c.StreamFleetImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamFleetImageModifiedRecordsRequest{
+		RegionId: region, DesktopIds: ids, MaxConcurrency: concurrency,
+	}))
+	if err != nil {
+		return res, err
+	}
+	var desktopErr error
+	for stream.Receive() {
+		msg := stream.Msg()
+		res.messages++
+		n := len(msg.GetDesktopRecords().GetRecords())
+		res.records += n
+		if e := msg.GetDesktopError(); e != nil && desktopErr == nil {
+			desktopErr = fmt.Errorf("desktop %s: %v %s", e.GetDesktopId(), e.GetCode(), e.GetMessage())
+		}
+		if s := msg.GetSummary(); s != nil {
+			res.summary = s
+		}
+		if onMsg != nil {
+			onMsg(n)
+		}
+	}
+	err = stream.Err()
+	if cerr := stream.Close(); err == nil && cerr != nil && !errors.Is(cerr, io.EOF) {
+		err = cerr
+	}
+	switch {
+	case err != nil:
+	case desktopErr != nil:
+		err = desktopErr
+	case res.summary == nil:
+		err = errors.New("the fleet ended without a summary")
+	}
+	return res, err
 }

@@ -10,7 +10,7 @@
 // reference measured in the same run, their ratio, the target and whether
 // it is met.
 //
-//	go run ./cmd/imagerecords-bench                       # every scenario, < 2 min on 2 cores
+//	go run ./cmd/imagerecords-bench                       # every scenario, about 3 min on 2 cores
 //	go run ./cmd/imagerecords-bench -scenarios 3 -cpuprofile cpu.out -memprofile mem.out
 //
 // Scenarios:
@@ -21,6 +21,8 @@
 //  4. flat memory and backpressure: 1,000,000 records to a slow reader
 //  5. many callers: 1,000 concurrent streams of 1,000 records at 20 ms
 //  6. unary ListImageModifiedRecords at concurrency 64, no latency
+//  7. a fleet: 500 desktops × 250 records at 20 ms under a quota of 100 calls/s
+//  8. fleet memory: 1,000 desktops × 1,000 records to a slow reader
 package main
 
 import (
@@ -64,14 +66,20 @@ type options struct {
 	s6Concurrency int
 	s6Duration    time.Duration
 	s6Unloaded    time.Duration
+	s7Desktops    int
+	s7Records     int
+	s7Quota       float64
+	s8Desktops    int
+	s8Records     int
+	s8Small       int
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("imagerecords-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	scenarios := fs.String("scenarios", "1,2,3,4,5,6", "comma-separated scenarios to run")
-	fs.DurationVar(&o.latency, "latency", 20*time.Millisecond, "upstream latency per call in scenarios 2 and 5")
+	scenarios := fs.String("scenarios", "1,2,3,4,5,6,7,8", "comma-separated scenarios to run")
+	fs.DurationVar(&o.latency, "latency", 20*time.Millisecond, "upstream latency per call in scenarios 2, 5 and 7")
 	fs.IntVar(&o.repeat, "repeat", 3, "repetitions of each timed run in scenarios 2 and 3 (medians are reported)")
 	fs.StringVar(&o.telemetry, "telemetry", telemetryNoop, "gateway telemetry: noop (no-op OTel providers) or sdk (OTel SDK without exporters and the otelconnect interceptor, as imagerecordsd runs)")
 	fs.IntVar(&o.compressMin, "compress-min-bytes", 0, "the gateway's --compress-min-bytes: gzip (fastest level) responses of at least this size to clients that accept it, as connect-go clients do; 0: never, imagerecordsd's default")
@@ -86,8 +94,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.s3Records, "s3-records", 200_000, "scenario 3: records")
 	fs.IntVar(&o.s4Records, "s4-records", 1_000_000, "scenario 4: records of the big stream")
 	fs.IntVar(&o.s4Small, "s4-small", 10_000, "scenario 4: records of the stream it is compared with")
-	fs.DurationVar(&o.s4ReadDelay, "s4-read-delay", time.Millisecond, "scenario 4: the slow reader's sleep between messages")
-	fs.DurationVar(&o.s4Latency, "s4-latency", 0, "scenario 4: upstream latency per call")
+	fs.DurationVar(&o.s4ReadDelay, "s4-read-delay", time.Millisecond, "scenarios 4 and 8: the slow reader's sleep between messages")
+	fs.DurationVar(&o.s4Latency, "s4-latency", 0, "scenarios 4 and 8: upstream latency per call")
 	fs.IntVar(&o.s5Streams, "s5-streams", 1000, "scenario 5: concurrent streams (one desktop each)")
 	fs.IntVar(&o.s5Records, "s5-records", 1000, "scenario 5: records per stream")
 	fs.IntVar(&o.s5Clients, "s5-clients", 10, "scenario 5: gateway client connections the streams are spread over")
@@ -95,6 +103,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.s6Concurrency, "s6-concurrency", 64, "scenario 6: concurrent callers")
 	fs.DurationVar(&o.s6Duration, "s6-duration", 10*time.Second, "scenario 6: duration of each side's run")
 	fs.DurationVar(&o.s6Unloaded, "s6-unloaded", 2*time.Second, "scenario 6: duration of each side's extra run at concurrency 1 (0 skips it)")
+	fs.IntVar(&o.s7Desktops, "s7-desktops", 500, "scenario 7: desktops of the fleet")
+	fs.IntVar(&o.s7Records, "s7-records", 250, "scenario 7: records per desktop")
+	fs.Float64Var(&o.s7Quota, "s7-quota", 100, "scenario 7: the simulator's account quota in calls per second (the gateway runs at imagerecordsd's default rate limit)")
+	fs.IntVar(&o.s8Desktops, "s8-desktops", 1000, "scenario 8: desktops of the big fleet")
+	fs.IntVar(&o.s8Records, "s8-records", 1000, "scenario 8: records per desktop")
+	fs.IntVar(&o.s8Small, "s8-small", 100, "scenario 8: desktops of the fleet it is compared with (long enough to fill the workers and the client's window, as the big one does)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -106,7 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-scenarios: %w", err)
 	}
 	for _, n := range o.scenarios {
-		if n < 1 || n > 6 {
+		if n < 1 || n > 8 {
 			return o, fmt.Errorf("-scenarios: there is no scenario %d", n)
 		}
 	}
@@ -115,6 +129,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.repeat < 1 || o.s5Clients < 1 || o.s6Concurrency < 1 {
 		return o, fmt.Errorf("-repeat, -s5-clients and -s6-concurrency must be positive")
+	}
+	if o.s7Desktops < 1 || o.s7Desktops > 1000 || o.s8Desktops < 1 || o.s8Desktops > 1000 || o.s8Small < 1 || o.s8Small > 1000 || o.s7Quota <= 0 {
+		return o, fmt.Errorf("-s7-desktops, -s8-desktops and -s8-small must be 1 to 1000 (one fleet call), -s7-quota positive")
 	}
 	return o, nil
 }
@@ -156,6 +173,8 @@ func run(o options, stdout, stderr io.Writer) error {
 		4: scenarioMemory,
 		5: scenarioManyCallers,
 		6: scenarioUnary,
+		7: scenarioFleetSpeed,
+		8: scenarioFleetMemory,
 	}
 	order := slices.Sorted(slices.Values(o.scenarios))
 	reports := map[int]*report{}

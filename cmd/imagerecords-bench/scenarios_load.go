@@ -39,7 +39,7 @@ func scenarioMemory(o options, log io.Writer) (*report, error) {
 	const smallID, bigID = "ecd-s4small", "ecd-s4big"
 	var probe atomic.Pointer[sendProbe]
 	cfg := o.stackConfig([]ecdsim.Desktop{{ID: smallID, Records: o.s4Small}, {ID: bigID, Records: o.s4Records}}, o.s4Latency)
-	cfg.beforeSend = func() {
+	cfg.beforeSend = func(int) {
 		if p := probe.Load(); p != nil {
 			p.beforeSend()
 		}

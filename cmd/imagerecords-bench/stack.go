@@ -49,8 +49,11 @@ type stackConfig struct {
 	// traceSim records when the simulator starts and ends each request.
 	traceSim bool
 	// beforeSend, when not nil, is called whenever the gateway hands a
-	// stream message to the transport, as it begins to write it.
-	beforeSend func()
+	// stream message of size bytes to the transport, as it begins to
+	// write it.
+	beforeSend func(size int)
+	// quota is the simulator's account quota (zero: none).
+	quota ecdsim.Quota
 }
 
 // stack is one in-process deployment on loopback, started by the test kit
@@ -89,6 +92,7 @@ func startStack(cfg stackConfig) (*stack, error) {
 		},
 		Desktops:  cfg.desktops,
 		Faults:    ecdsim.Faults{Latency: cfg.latency},
+		Quota:     cfg.quota,
 		Telemetry: tel,
 		WrapSimulator: func(sim http.Handler) http.Handler {
 			h := s.simConns.wrap(sim)
@@ -170,13 +174,13 @@ func (a *remoteAddrs) count() int {
 	return len(a.addrs)
 }
 
-// envelopeObserver calls onMessage whenever the handler begins to write a
-// gRPC data message (a 5-byte envelope prefix with a clear end-of-stream
-// flag) into the response: the moment the gateway hands a stream message
-// to the transport.
+// envelopeObserver calls onMessage with the message's size whenever the
+// handler begins to write a gRPC data message (a 5-byte envelope prefix
+// with a clear end-of-stream flag) into the response: the moment the
+// gateway hands a stream message to the transport.
 type envelopeObserver struct {
 	next      http.Handler
-	onMessage func()
+	onMessage func(size int)
 }
 
 func (o envelopeObserver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -187,7 +191,7 @@ func (o envelopeObserver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // however the writes split them.
 type envelopeWriter struct {
 	http.ResponseWriter
-	onMessage func()
+	onMessage func(size int)
 	prefix    [5]byte
 	have      int    // prefix bytes seen of the next envelope
 	remaining uint32 // payload bytes left of the current envelope
@@ -208,7 +212,7 @@ func (w *envelopeWriter) Write(p []byte) (int, error) {
 			w.have = 0
 			w.remaining = binary.BigEndian.Uint32(w.prefix[1:])
 			if w.prefix[0]&0x80 == 0 { // not the gRPC-Web trailers
-				w.onMessage()
+				w.onMessage(int(w.remaining))
 			}
 		}
 	}

@@ -13,7 +13,8 @@ import (
 )
 
 // accessLog writes one line per RPC: method, protocol, code, duration,
-// records delivered and upstream calls made. It runs inside the tracing
+// records delivered and upstream calls made; for a fleet, how many desktops
+// it asked for and how many ended done or failed (counts, never ids). It runs inside the tracing
 // interceptor, so the line carries the RPC's trace_id.
 type accessLog struct{ logger *slog.Logger }
 
@@ -33,7 +34,7 @@ func (a accessLog) wrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 				records = len(m.GetRecords())
 			}
 		}
-		a.log(ctx, req.Spec(), req.Peer().Protocol, start, err, records, messages, &stats)
+		a.log(ctx, req.Spec(), req.Peer().Protocol, start, err, &countingConn{records: records, messages: messages}, &stats)
 		return res, err
 	}
 }
@@ -44,15 +45,27 @@ func (a accessLog) wrapStream(next connect.StreamingHandlerFunc) connect.Streami
 		start := time.Now()
 		counted := &countingConn{StreamingHandlerConn: conn}
 		err := next(upstream.WithCallStats(ctx, &stats), counted)
-		a.log(ctx, conn.Spec(), conn.Peer().Protocol, start, err, counted.records, counted.messages, &stats)
+		a.log(ctx, conn.Spec(), conn.Peer().Protocol, start, err, counted, &stats)
 		return err
 	}
 }
 
-// countingConn counts what a stream sends.
+// countingConn counts what a stream sends, and the desktops a fleet asks
+// for.
 type countingConn struct {
 	connect.StreamingHandlerConn
 	records, messages int
+	// desktops is the desktop ids of a fleet request (0 for other calls);
+	// done and failed count its desktops that ended so far.
+	desktops, done, failed int
+}
+
+func (c *countingConn) Receive(msg any) error {
+	err := c.StreamingHandlerConn.Receive(msg)
+	if m, ok := msg.(*imagerecordsv1.StreamFleetImageModifiedRecordsRequest); ok && err == nil {
+		c.desktops = len(m.GetDesktopIds())
+	}
+	return err
 }
 
 func (c *countingConn) Send(msg any) error {
@@ -60,15 +73,29 @@ func (c *countingConn) Send(msg any) error {
 		return err
 	}
 	c.messages++
-	if m, ok := msg.(*imagerecordsv1.StreamImageModifiedRecordsResponse); ok {
+	switch m := msg.(type) {
+	case *imagerecordsv1.StreamImageModifiedRecordsResponse:
 		c.records += len(m.GetRecords())
+	case *imagerecordsv1.StreamFleetImageModifiedRecordsResponse:
+		c.records += len(m.GetDesktopRecords().GetRecords())
+		if m.GetDesktopDone() != nil {
+			c.done++
+		}
+		if m.GetDesktopError() != nil {
+			c.failed++
+		}
+	case *imagerecordsv1.WatchImageModifiedRecordsResponse:
+		c.records += len(m.GetSnapshot().GetRecords())
+		if m.GetRecordAdded() != nil || m.GetStatusChanged() != nil {
+			c.records++
+		}
 	}
 	return nil
 }
 
-func (a accessLog) log(ctx context.Context, spec connect.Spec, protocol string, start time.Time, err error, records, messages int, stats *upstream.CallStats) {
+func (a accessLog) log(ctx context.Context, spec connect.Spec, protocol string, start time.Time, err error, counts *countingConn, stats *upstream.CallStats) {
 	code, level := "ok", slog.LevelInfo
-	attrs := make([]slog.Attr, 0, 10)
+	attrs := make([]slog.Attr, 0, 13)
 	if err != nil {
 		c := connect.CodeOf(err)
 		code = c.String()
@@ -89,10 +116,13 @@ func (a accessLog) log(ctx context.Context, spec connect.Spec, protocol string, 
 		slog.String("protocol", protocol),
 		slog.String("code", code),
 		slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
-		slog.Int("records", records),
-		slog.Int("messages", messages),
+		slog.Int("records", counts.records),
+		slog.Int("messages", counts.messages),
 		slog.Int64("upstream_calls", stats.Calls.Load()),
 		slog.Int64("upstream_retries", stats.Retries.Load()),
 	)
+	if counts.desktops > 0 {
+		attrs = append(attrs, slog.Int("desktops", counts.desktops), slog.Int("desktops_done", counts.done), slog.Int("desktops_failed", counts.failed))
+	}
 	a.logger.LogAttrs(ctx, level, "rpc", attrs...)
 }

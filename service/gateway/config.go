@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imagerecords/imagerecords/service"
 	"github.com/imagerecords/imagerecords/upstream"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
 )
@@ -88,6 +89,21 @@ type Config struct {
 	// load balancers and the mesh withdraw the instance before the drain
 	// starts refusing calls.
 	DrainDelay time.Duration
+	// Fleet and watch (issue 12).
+	// FleetConcurrency is how many desktops a fleet call pages at once:
+	// the default and the cap of its max_concurrency.
+	FleetConcurrency int
+	// WatchMinInterval and WatchMaxInterval bound the time between two
+	// polls of a watched desktop: the first while a change is in progress,
+	// the second once it has long been settled.
+	WatchMinInterval, WatchMaxInterval time.Duration
+	// SimulateLive makes the first SimulateLiveDesktops sample desktops of
+	// the simulator live: image changes start every SimulateLive.Every on
+	// average and stay in progress SimulateLive.InProgress on average.
+	SimulateLiveDesktops int
+	SimulateLive         ecdsim.Live
+	// SimulateOrder is the simulator's record order.
+	SimulateOrder ecdsim.Order
 }
 
 // DefaultConfig returns the production defaults: what a user gets who sets
@@ -114,6 +130,12 @@ func DefaultConfig() Config {
 		// Deploy and operations (issue 10). No delay by default: Ctrl-C on a
 		// laptop stops at once; the image's manifests set one.
 		DrainDelay: 0,
+		// Fleet and watch (issue 12).
+		FleetConcurrency: service.DefaultFleetConcurrency,
+		WatchMinInterval: service.DefaultWatchIntervals().Min,
+		WatchMaxInterval: service.DefaultWatchIntervals().Max,
+		SimulateLive:     ecdsim.Live{Every: ecdsim.DefaultLiveEvery, InProgress: ecdsim.DefaultLiveInProgress, FailFraction: 0.2},
+		SimulateOrder:    ecdsim.OldestFirst,
 	}
 }
 
@@ -165,6 +187,14 @@ func (c *Config) FlagSet(output io.Writer) *flag.FlagSet {
 
 	// Deploy and operations (issue 10).
 	fs.DurationVar(&c.DrainDelay, "drain-delay", c.DrainDelay, "on SIGTERM, how long to keep accepting new calls with readiness already NOT_SERVING, before the drain (--shutdown-grace) starts; e.g. 5s behind a load balancer or mesh")
+	// Fleet and watch (issue 12).
+	fs.IntVar(&c.FleetConcurrency, "fleet-concurrency", c.FleetConcurrency, fmt.Sprintf("desktops a fleet call pages at once: the default and the cap of its max_concurrency (1..%d)", service.MaxFleetConcurrency))
+	fs.DurationVar(&c.WatchMinInterval, "watch-min-interval", c.WatchMinInterval, "time between two polls of a watched desktop while a change is in progress")
+	fs.DurationVar(&c.WatchMaxInterval, "watch-max-interval", c.WatchMaxInterval, "longest time between two polls of a watched desktop, reached while it stays settled")
+	fs.IntVar(&c.SimulateLiveDesktops, "simulate-live-desktops", c.SimulateLiveDesktops, "with --simulate: make the first n sample desktops live, their image changes starting, running and settling while the gateway runs")
+	fs.DurationVar(&c.SimulateLive.Every, "simulate-live-every", c.SimulateLive.Every, "with --simulate-live-desktops: mean time between the starts of a live desktop's changes")
+	fs.DurationVar(&c.SimulateLive.InProgress, "simulate-live-in-progress", c.SimulateLive.InProgress, "with --simulate-live-desktops: mean time a change stays in progress")
+	fs.Var(orderFlag{&c.SimulateOrder}, "simulate-order", "with --simulate: the simulator's record order, oldest or newest (first)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: imagerecordsd [flags]\n       imagerecordsd --version\n\nEvery flag can also be set by the environment variable %s<FLAG> (upper case, - as _).\nCredentials come from the standard Alibaba Cloud chain (ALIBABA_CLOUD_ACCESS_KEY_ID, ...).\n\nFlags:\n", EnvPrefix)
 		fs.PrintDefaults()
@@ -188,6 +218,28 @@ func (f signatureFlag) Set(s string) error {
 		return fmt.Errorf("%q is neither v3 nor v1", s)
 	}
 	*f.v = v
+	return nil
+}
+
+// orderFlag is the flag.Value of --simulate-order.
+type orderFlag struct{ v *ecdsim.Order }
+
+func (f orderFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return f.v.String()
+}
+
+func (f orderFlag) Set(s string) error {
+	switch s {
+	case "oldest":
+		*f.v = ecdsim.OldestFirst
+	case "newest":
+		*f.v = ecdsim.NewestFirst
+	default:
+		return fmt.Errorf("%q is neither oldest nor newest", s)
+	}
 	return nil
 }
 
@@ -270,6 +322,21 @@ func (c Config) Validate() error {
 	// otherwise be accepted silently, each named with its fix.
 	if err := c.validateOperations(); err != nil {
 		return err
+	}
+	return c.validateFleetWatch()
+}
+
+// validateFleetWatch checks the settings of fleets and watches (issue 12).
+func (c Config) validateFleetWatch() error {
+	switch {
+	case c.FleetConcurrency < 1 || c.FleetConcurrency > service.MaxFleetConcurrency:
+		return usage("--fleet-concurrency %d: want 1 to %d", c.FleetConcurrency, service.MaxFleetConcurrency)
+	case c.WatchMinInterval < time.Millisecond || c.WatchMaxInterval < c.WatchMinInterval:
+		return usage("--watch-min-interval %v and --watch-max-interval %v: want 1ms <= min <= max, e.g. 2s and 30s", c.WatchMinInterval, c.WatchMaxInterval)
+	case c.SimulateLiveDesktops < 0 || c.SimulateLiveDesktops > len(ecdsim.DefaultDesktops(c.SimulateSeed)):
+		return usage("--simulate-live-desktops %d: want 0 to %d (the sample desktops)", c.SimulateLiveDesktops, len(ecdsim.DefaultDesktops(c.SimulateSeed)))
+	case c.SimulateLive.Every <= 0 || c.SimulateLive.InProgress <= 0:
+		return usage("--simulate-live-every %v and --simulate-live-in-progress %v must be positive, e.g. 1m and 15s", c.SimulateLive.Every, c.SimulateLive.InProgress)
 	}
 	return nil
 }

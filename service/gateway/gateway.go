@@ -50,8 +50,8 @@ type Gateway struct {
 // metrics outermost, then the access log, the shutdown guard, the bearer
 // token check (with Config.AuthTokensFile), and panic recovery, plus the
 // read limit and compression settings. Health checks answer without a
-// token.
-func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry) (*Gateway, error) {
+// token. svcOpts come last to the service (tests pass a fake watch clock).
+func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry, svcOpts ...service.Option) (*Gateway, error) {
 	g := &Gateway{
 		cfg:    cfg,
 		logger: logger,
@@ -108,7 +108,11 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry) (*Ga
 		handlerOpts = append(handlerOpts, o.option)
 	}
 
-	svc := service.New(api, service.WithLogger(logger), service.WithMeterProvider(tel.MeterProvider))
+	svc := service.New(api, append([]service.Option{
+		service.WithLogger(logger), service.WithMeterProvider(tel.MeterProvider), service.WithTracerProvider(tel.TracerProvider),
+		service.WithFleetConcurrency(cfg.FleetConcurrency),
+		service.WithWatchIntervals(service.WatchIntervals{Min: cfg.WatchMinInterval, Max: cfg.WatchMaxInterval}),
+	}, svcOpts...)...)
 	mux := http.NewServeMux()
 	mux.Handle(imagerecordsv1connect.NewImageRecordsServiceHandler(svc, handlerOpts...))
 	mux.Handle(grpchealth.NewHandler(g.health))

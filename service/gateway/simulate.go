@@ -29,17 +29,25 @@ type simulation struct {
 // answers InvalidRegionId for any other, as ECD does.
 const simulatedRegion = "cn-hangzhou"
 
+// startSimulation starts the simulator of cfg's --simulate-* settings.
 func startSimulation(cfg Config, logger *slog.Logger) (*simulation, error) {
 	seed := cfg.SimulateSeed
 	creds := upstream.StaticCredentials{
 		AccessKeyID:     "LTAIsim" + rand.Text()[:12],
 		AccessKeySecret: rand.Text(),
 	}
+	desktops := ecdsim.DefaultDesktops(seed)
+	for i := range min(cfg.SimulateLiveDesktops, len(desktops)) {
+		desktops[i].Live = true
+	}
 	sim, err := ecdsim.New(ecdsim.Config{
-		Seed:   seed,
-		Keys:   []ecdsim.Key{{AccessKeyID: creds.AccessKeyID, AccessKeySecret: creds.AccessKeySecret}},
-		Faults: cfg.SimulateFaults,
-		Quota:  cfg.SimulateQuota,
+		Seed:     seed,
+		Desktops: desktops,
+		Keys:     []ecdsim.Key{{AccessKeyID: creds.AccessKeyID, AccessKeySecret: creds.AccessKeySecret}},
+		Faults:   cfg.SimulateFaults,
+		Live:     cfg.SimulateLive,
+		Order:    cfg.SimulateOrder,
+		Quota:    cfg.SimulateQuota,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("starting the simulator: %w", err)
@@ -64,7 +72,8 @@ func startSimulation(cfg Config, logger *slog.Logger) (*simulation, error) {
 		ids[i] = d.ID
 	}
 	logger.Info("simulator started", slog.String("endpoint", s.endpoint), slog.Int64("seed", seed),
-		slog.String("region", simulatedRegion), slog.Any("desktop_ids", ids))
+		slog.String("region", simulatedRegion), slog.Any("desktop_ids", ids), slog.String("order", cfg.SimulateOrder.String()),
+		slog.Int("live_desktops", cfg.SimulateLiveDesktops))
 	return s, nil
 }
 
@@ -85,7 +94,11 @@ func (s *simulation) printBanner(w io.Writer, addr string) {
 	fmt.Fprintf(w, "imagerecordsd is serving on http://%s, answering from the embedded ECD simulator at %s.\n\n", addr, s.endpoint)
 	fmt.Fprintf(w, "Sample desktops (region %s):\n", simulatedRegion)
 	for _, d := range s.desktops {
-		fmt.Fprintf(w, "  %s  %5d records\n", d.ID, d.Records)
+		live := ""
+		if d.Live {
+			live = "  (live: image changes start, run and settle while the gateway runs)"
+		}
+		fmt.Fprintf(w, "  %s  %5d records%s\n", d.ID, d.Records, live)
 	}
 	if len(s.desktops) == 0 {
 		return

@@ -28,6 +28,7 @@ import (
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
 	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
+	"github.com/imagerecords/imagerecords/service"
 	"github.com/imagerecords/imagerecords/service/gateway"
 	"github.com/imagerecords/imagerecords/upstream"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
@@ -83,6 +84,20 @@ type Config struct {
 	// Logs receives the gateway's JSON logs at debug level; nil discards
 	// them.
 	Logs io.Writer
+
+	// Fleet and watch (issue 12).
+	// Now, when not nil, is the clock of the simulator (its timestamp
+	// checks, quota and live desktops) and of the gateway's signatures,
+	// e.g. a *Clock's Now.
+	Now func() time.Time
+	// Live configures the simulator's desktops marked ecdsim.Desktop.Live;
+	// Order is its record order; Quota its account quota.
+	Live  ecdsim.Live
+	Order ecdsim.Order
+	Quota ecdsim.Quota
+	// ServiceOptions are added last to the service's options (e.g.
+	// service.WithWatchClock with a *Clock).
+	ServiceOptions []service.Option
 }
 
 // Stack is a running simulator and gateway.
@@ -142,7 +157,8 @@ func Start(cfg Config) (*Stack, error) {
 		if keys == nil {
 			keys = []ecdsim.Key{{AccessKeyID: KeyID, AccessKeySecret: KeySecret}}
 		}
-		sim, err := ecdsim.New(ecdsim.Config{Seed: Seed, Desktops: cfg.Desktops, Keys: keys, Faults: cfg.Faults})
+		sim, err := ecdsim.New(ecdsim.Config{Seed: Seed, Desktops: cfg.Desktops, Keys: keys, Faults: cfg.Faults,
+			Now: cfg.Now, Live: cfg.Live, Order: cfg.Order, Quota: cfg.Quota})
 		if err != nil {
 			return nil, err
 		}
@@ -184,9 +200,12 @@ func Start(cfg Config) (*Stack, error) {
 	s.closers = append(s.closers, transport.CloseIdleConnections)
 	gwCfg.UpstreamEndpoint = s.SimURL
 	s.Config = gwCfg
-	s.Upstream = gateway.NewUpstream(gwCfg, creds, logger, tel,
-		append([]upstream.Option{upstream.WithTransport(transport)}, cfg.UpstreamOptions...)...)
-	if s.Gateway, err = gateway.New(gwCfg, s.Upstream, logger, tel); err != nil {
+	upstreamOpts := []upstream.Option{upstream.WithTransport(transport)}
+	if cfg.Now != nil {
+		upstreamOpts = append(upstreamOpts, upstream.WithClock(cfg.Now))
+	}
+	s.Upstream = gateway.NewUpstream(gwCfg, creds, logger, tel, append(upstreamOpts, cfg.UpstreamOptions...)...)
+	if s.Gateway, err = gateway.New(gwCfg, s.Upstream, logger, tel, cfg.ServiceOptions...); err != nil {
 		s.Close()
 		return nil, err
 	}

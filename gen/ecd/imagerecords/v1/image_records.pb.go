@@ -14,6 +14,7 @@ package imagerecordsv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -83,6 +84,116 @@ func (x ImageModificationStatus) Number() protoreflect.EnumNumber {
 // Deprecated: Use ImageModificationStatus.Descriptor instead.
 func (ImageModificationStatus) EnumDescriptor() ([]byte, []int) {
 	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{0}
+}
+
+// ErrorCode is a gRPC status code (the same numbers as google.rpc.Code and
+// the Connect codes), so a client can turn it into its own error type.
+type ErrorCode int32
+
+const (
+	// Not an error; never sent.
+	ErrorCode_ERROR_CODE_UNSPECIFIED ErrorCode = 0
+	// The operation was cancelled.
+	ErrorCode_ERROR_CODE_CANCELLED ErrorCode = 1
+	// An unknown error.
+	ErrorCode_ERROR_CODE_UNKNOWN ErrorCode = 2
+	// The request was invalid.
+	ErrorCode_ERROR_CODE_INVALID_ARGUMENT ErrorCode = 3
+	// The deadline passed.
+	ErrorCode_ERROR_CODE_DEADLINE_EXCEEDED ErrorCode = 4
+	// Not found, e.g. an unknown desktop.
+	ErrorCode_ERROR_CODE_NOT_FOUND ErrorCode = 5
+	// Already exists.
+	ErrorCode_ERROR_CODE_ALREADY_EXISTS ErrorCode = 6
+	// The gateway's cloud identity may not read it.
+	ErrorCode_ERROR_CODE_PERMISSION_DENIED ErrorCode = 7
+	// A resource, e.g. a quota, is exhausted.
+	ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED ErrorCode = 8
+	// The system is not in a state that allows it.
+	ErrorCode_ERROR_CODE_FAILED_PRECONDITION ErrorCode = 9
+	// Aborted.
+	ErrorCode_ERROR_CODE_ABORTED ErrorCode = 10
+	// Out of range.
+	ErrorCode_ERROR_CODE_OUT_OF_RANGE ErrorCode = 11
+	// Not implemented.
+	ErrorCode_ERROR_CODE_UNIMPLEMENTED ErrorCode = 12
+	// A fault of the gateway or of the upstream's answers.
+	ErrorCode_ERROR_CODE_INTERNAL ErrorCode = 13
+	// The upstream is throttling or unavailable; retry later.
+	ErrorCode_ERROR_CODE_UNAVAILABLE ErrorCode = 14
+	// Data was lost.
+	ErrorCode_ERROR_CODE_DATA_LOSS ErrorCode = 15
+	// The caller is not authenticated.
+	ErrorCode_ERROR_CODE_UNAUTHENTICATED ErrorCode = 16
+)
+
+// Enum value maps for ErrorCode.
+var (
+	ErrorCode_name = map[int32]string{
+		0:  "ERROR_CODE_UNSPECIFIED",
+		1:  "ERROR_CODE_CANCELLED",
+		2:  "ERROR_CODE_UNKNOWN",
+		3:  "ERROR_CODE_INVALID_ARGUMENT",
+		4:  "ERROR_CODE_DEADLINE_EXCEEDED",
+		5:  "ERROR_CODE_NOT_FOUND",
+		6:  "ERROR_CODE_ALREADY_EXISTS",
+		7:  "ERROR_CODE_PERMISSION_DENIED",
+		8:  "ERROR_CODE_RESOURCE_EXHAUSTED",
+		9:  "ERROR_CODE_FAILED_PRECONDITION",
+		10: "ERROR_CODE_ABORTED",
+		11: "ERROR_CODE_OUT_OF_RANGE",
+		12: "ERROR_CODE_UNIMPLEMENTED",
+		13: "ERROR_CODE_INTERNAL",
+		14: "ERROR_CODE_UNAVAILABLE",
+		15: "ERROR_CODE_DATA_LOSS",
+		16: "ERROR_CODE_UNAUTHENTICATED",
+	}
+	ErrorCode_value = map[string]int32{
+		"ERROR_CODE_UNSPECIFIED":         0,
+		"ERROR_CODE_CANCELLED":           1,
+		"ERROR_CODE_UNKNOWN":             2,
+		"ERROR_CODE_INVALID_ARGUMENT":    3,
+		"ERROR_CODE_DEADLINE_EXCEEDED":   4,
+		"ERROR_CODE_NOT_FOUND":           5,
+		"ERROR_CODE_ALREADY_EXISTS":      6,
+		"ERROR_CODE_PERMISSION_DENIED":   7,
+		"ERROR_CODE_RESOURCE_EXHAUSTED":  8,
+		"ERROR_CODE_FAILED_PRECONDITION": 9,
+		"ERROR_CODE_ABORTED":             10,
+		"ERROR_CODE_OUT_OF_RANGE":        11,
+		"ERROR_CODE_UNIMPLEMENTED":       12,
+		"ERROR_CODE_INTERNAL":            13,
+		"ERROR_CODE_UNAVAILABLE":         14,
+		"ERROR_CODE_DATA_LOSS":           15,
+		"ERROR_CODE_UNAUTHENTICATED":     16,
+	}
+)
+
+func (x ErrorCode) Enum() *ErrorCode {
+	p := new(ErrorCode)
+	*p = x
+	return p
+}
+
+func (x ErrorCode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
+	return file_ecd_imagerecords_v1_image_records_proto_enumTypes[1].Descriptor()
+}
+
+func (ErrorCode) Type() protoreflect.EnumType {
+	return &file_ecd_imagerecords_v1_image_records_proto_enumTypes[1]
+}
+
+func (x ErrorCode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ErrorCode.Descriptor instead.
+func (ErrorCode) EnumDescriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{1}
 }
 
 // ImageModifiedRecord is one change of a desktop's image.
@@ -492,11 +603,1037 @@ func (x *StreamImageModifiedRecordsResponse) GetRequestId() string {
 	return ""
 }
 
+// StreamFleetImageModifiedRecordsRequest asks for every record of many
+// desktops of one region.
+type StreamFleetImageModifiedRecordsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The region of the desktops, e.g. "cn-hangzhou".
+	RegionId string `protobuf:"bytes,1,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
+	// The desktops, e.g. "ecd-bd53sfmysz8ir0001": 1 to 1,000 distinct ids.
+	// An id given twice is paged once. The order does not matter: the
+	// gateway sorts the ids, and a resume token is bound to the set.
+	DesktopIds []string `protobuf:"bytes,2,rep,name=desktop_ids,json=desktopIds,proto3" json:"desktop_ids,omitempty"`
+	// Where to resume: the resume_token of a message of an earlier call with
+	// the same region and desktop ids. Empty starts the fleet.
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// How many desktops to page at once; 0 means the gateway's default
+	// (--fleet-concurrency), and a larger value is lowered to it.
+	MaxConcurrency int32 `protobuf:"varint,4,opt,name=max_concurrency,json=maxConcurrency,proto3" json:"max_concurrency,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *StreamFleetImageModifiedRecordsRequest) Reset() {
+	*x = StreamFleetImageModifiedRecordsRequest{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamFleetImageModifiedRecordsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamFleetImageModifiedRecordsRequest) ProtoMessage() {}
+
+func (x *StreamFleetImageModifiedRecordsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamFleetImageModifiedRecordsRequest.ProtoReflect.Descriptor instead.
+func (*StreamFleetImageModifiedRecordsRequest) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StreamFleetImageModifiedRecordsRequest) GetRegionId() string {
+	if x != nil {
+		return x.RegionId
+	}
+	return ""
+}
+
+func (x *StreamFleetImageModifiedRecordsRequest) GetDesktopIds() []string {
+	if x != nil {
+		return x.DesktopIds
+	}
+	return nil
+}
+
+func (x *StreamFleetImageModifiedRecordsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *StreamFleetImageModifiedRecordsRequest) GetMaxConcurrency() int32 {
+	if x != nil {
+		return x.MaxConcurrency
+	}
+	return 0
+}
+
+// StreamFleetImageModifiedRecordsResponse is one step of a fleet: records of
+// a desktop, the end of a desktop (done or failed), or the summary.
+type StreamFleetImageModifiedRecordsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What happened.
+	//
+	// Types that are valid to be assigned to Event:
+	//
+	//	*StreamFleetImageModifiedRecordsResponse_DesktopRecords
+	//	*StreamFleetImageModifiedRecordsResponse_DesktopError
+	//	*StreamFleetImageModifiedRecordsResponse_DesktopDone
+	//	*StreamFleetImageModifiedRecordsResponse_Summary
+	Event isStreamFleetImageModifiedRecordsResponse_Event `protobuf_oneof:"event"`
+	// Pass as page_token to a new call (same region and desktop ids) to
+	// continue right after this message. The summary's token makes a call
+	// that sends the summary again and nothing else.
+	ResumeToken   string `protobuf:"bytes,5,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamFleetImageModifiedRecordsResponse) Reset() {
+	*x = StreamFleetImageModifiedRecordsResponse{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamFleetImageModifiedRecordsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamFleetImageModifiedRecordsResponse) ProtoMessage() {}
+
+func (x *StreamFleetImageModifiedRecordsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamFleetImageModifiedRecordsResponse.ProtoReflect.Descriptor instead.
+func (*StreamFleetImageModifiedRecordsResponse) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *StreamFleetImageModifiedRecordsResponse) GetEvent() isStreamFleetImageModifiedRecordsResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *StreamFleetImageModifiedRecordsResponse) GetDesktopRecords() *FleetDesktopRecords {
+	if x != nil {
+		if x, ok := x.Event.(*StreamFleetImageModifiedRecordsResponse_DesktopRecords); ok {
+			return x.DesktopRecords
+		}
+	}
+	return nil
+}
+
+func (x *StreamFleetImageModifiedRecordsResponse) GetDesktopError() *FleetDesktopError {
+	if x != nil {
+		if x, ok := x.Event.(*StreamFleetImageModifiedRecordsResponse_DesktopError); ok {
+			return x.DesktopError
+		}
+	}
+	return nil
+}
+
+func (x *StreamFleetImageModifiedRecordsResponse) GetDesktopDone() *FleetDesktopDone {
+	if x != nil {
+		if x, ok := x.Event.(*StreamFleetImageModifiedRecordsResponse_DesktopDone); ok {
+			return x.DesktopDone
+		}
+	}
+	return nil
+}
+
+func (x *StreamFleetImageModifiedRecordsResponse) GetSummary() *FleetSummary {
+	if x != nil {
+		if x, ok := x.Event.(*StreamFleetImageModifiedRecordsResponse_Summary); ok {
+			return x.Summary
+		}
+	}
+	return nil
+}
+
+func (x *StreamFleetImageModifiedRecordsResponse) GetResumeToken() string {
+	if x != nil {
+		return x.ResumeToken
+	}
+	return ""
+}
+
+type isStreamFleetImageModifiedRecordsResponse_Event interface {
+	isStreamFleetImageModifiedRecordsResponse_Event()
+}
+
+type StreamFleetImageModifiedRecordsResponse_DesktopRecords struct {
+	// Records of one desktop: one upstream page, in the desktop's order.
+	DesktopRecords *FleetDesktopRecords `protobuf:"bytes,1,opt,name=desktop_records,json=desktopRecords,proto3,oneof"`
+}
+
+type StreamFleetImageModifiedRecordsResponse_DesktopError struct {
+	// A desktop failed; no more messages follow for it.
+	DesktopError *FleetDesktopError `protobuf:"bytes,2,opt,name=desktop_error,json=desktopError,proto3,oneof"`
+}
+
+type StreamFleetImageModifiedRecordsResponse_DesktopDone struct {
+	// Every record of a desktop was sent; no more messages follow for it.
+	DesktopDone *FleetDesktopDone `protobuf:"bytes,3,opt,name=desktop_done,json=desktopDone,proto3,oneof"`
+}
+
+type StreamFleetImageModifiedRecordsResponse_Summary struct {
+	// Every desktop is done or failed; the last message of the stream.
+	Summary *FleetSummary `protobuf:"bytes,4,opt,name=summary,proto3,oneof"`
+}
+
+func (*StreamFleetImageModifiedRecordsResponse_DesktopRecords) isStreamFleetImageModifiedRecordsResponse_Event() {
+}
+
+func (*StreamFleetImageModifiedRecordsResponse_DesktopError) isStreamFleetImageModifiedRecordsResponse_Event() {
+}
+
+func (*StreamFleetImageModifiedRecordsResponse_DesktopDone) isStreamFleetImageModifiedRecordsResponse_Event() {
+}
+
+func (*StreamFleetImageModifiedRecordsResponse_Summary) isStreamFleetImageModifiedRecordsResponse_Event() {
+}
+
+// FleetDesktopRecords carries the records of one upstream page of a desktop.
+type FleetDesktopRecords struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The desktop the records belong to.
+	DesktopId string `protobuf:"bytes,1,opt,name=desktop_id,json=desktopId,proto3" json:"desktop_id,omitempty"`
+	// The records, in the order the upstream sent them.
+	Records []*ImageModifiedRecord `protobuf:"bytes,2,rep,name=records,proto3" json:"records,omitempty"`
+	// The total number of records of the desktop, as the upstream counts them.
+	TotalCount int32 `protobuf:"varint,3,opt,name=total_count,json=totalCount,proto3" json:"total_count,omitempty"`
+	// The upstream RequestId of this page, for an Alibaba Cloud support ticket.
+	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetDesktopRecords) Reset() {
+	*x = FleetDesktopRecords{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetDesktopRecords) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetDesktopRecords) ProtoMessage() {}
+
+func (x *FleetDesktopRecords) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetDesktopRecords.ProtoReflect.Descriptor instead.
+func (*FleetDesktopRecords) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *FleetDesktopRecords) GetDesktopId() string {
+	if x != nil {
+		return x.DesktopId
+	}
+	return ""
+}
+
+func (x *FleetDesktopRecords) GetRecords() []*ImageModifiedRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *FleetDesktopRecords) GetTotalCount() int32 {
+	if x != nil {
+		return x.TotalCount
+	}
+	return 0
+}
+
+func (x *FleetDesktopRecords) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// FleetDesktopError is the end of a desktop that failed. Records it sent
+// before it failed stay valid.
+type FleetDesktopError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The desktop that failed.
+	DesktopId string `protobuf:"bytes,1,opt,name=desktop_id,json=desktopId,proto3" json:"desktop_id,omitempty"`
+	// What StreamImageModifiedRecords would have failed with for this
+	// desktop, e.g. ERROR_CODE_NOT_FOUND.
+	Code ErrorCode `protobuf:"varint,2,opt,name=code,proto3,enum=ecd.imagerecords.v1.ErrorCode" json:"code,omitempty"`
+	// A human-readable description.
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// Why, as StreamImageModifiedRecords reports it in its
+	// google.rpc.ErrorInfo detail: the upstream Code (domain
+	// ecd.aliyuncs.com) or a gateway reason (domain imagerecords.gateway).
+	ErrorInfo *ErrorInfo `protobuf:"bytes,4,opt,name=error_info,json=errorInfo,proto3" json:"error_info,omitempty"`
+	// When the upstream was throttling or unavailable: how long to wait
+	// before asking for this desktop again.
+	RetryDelay *durationpb.Duration `protobuf:"bytes,5,opt,name=retry_delay,json=retryDelay,proto3" json:"retry_delay,omitempty"`
+	// The records of this desktop sent before it failed, in this call and
+	// the calls it resumes.
+	Records       int64 `protobuf:"varint,6,opt,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetDesktopError) Reset() {
+	*x = FleetDesktopError{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetDesktopError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetDesktopError) ProtoMessage() {}
+
+func (x *FleetDesktopError) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetDesktopError.ProtoReflect.Descriptor instead.
+func (*FleetDesktopError) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *FleetDesktopError) GetDesktopId() string {
+	if x != nil {
+		return x.DesktopId
+	}
+	return ""
+}
+
+func (x *FleetDesktopError) GetCode() ErrorCode {
+	if x != nil {
+		return x.Code
+	}
+	return ErrorCode_ERROR_CODE_UNSPECIFIED
+}
+
+func (x *FleetDesktopError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *FleetDesktopError) GetErrorInfo() *ErrorInfo {
+	if x != nil {
+		return x.ErrorInfo
+	}
+	return nil
+}
+
+func (x *FleetDesktopError) GetRetryDelay() *durationpb.Duration {
+	if x != nil {
+		return x.RetryDelay
+	}
+	return nil
+}
+
+func (x *FleetDesktopError) GetRecords() int64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+// FleetDesktopDone is the end of a desktop whose every record was sent.
+type FleetDesktopDone struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The desktop.
+	DesktopId string `protobuf:"bytes,1,opt,name=desktop_id,json=desktopId,proto3" json:"desktop_id,omitempty"`
+	// The records of this desktop sent, in this call and the calls it
+	// resumes.
+	Records       int64 `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetDesktopDone) Reset() {
+	*x = FleetDesktopDone{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetDesktopDone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetDesktopDone) ProtoMessage() {}
+
+func (x *FleetDesktopDone) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetDesktopDone.ProtoReflect.Descriptor instead.
+func (*FleetDesktopDone) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *FleetDesktopDone) GetDesktopId() string {
+	if x != nil {
+		return x.DesktopId
+	}
+	return ""
+}
+
+func (x *FleetDesktopDone) GetRecords() int64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+// FleetSummary closes a fleet. Its counts cover the call and every call it
+// resumes.
+type FleetSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The distinct desktops asked for.
+	Desktops int32 `protobuf:"varint,1,opt,name=desktops,proto3" json:"desktops,omitempty"`
+	// The desktops that ended with FleetDesktopDone.
+	DesktopsOk int32 `protobuf:"varint,2,opt,name=desktops_ok,json=desktopsOk,proto3" json:"desktops_ok,omitempty"`
+	// The desktops that ended with FleetDesktopError.
+	DesktopsFailed int32 `protobuf:"varint,3,opt,name=desktops_failed,json=desktopsFailed,proto3" json:"desktops_failed,omitempty"`
+	// The records sent.
+	Records int64 `protobuf:"varint,4,opt,name=records,proto3" json:"records,omitempty"`
+	// The upstream attempts made (retries included) up to each call's last
+	// message; attempts whose pages a cut call never sent are not counted.
+	UpstreamCalls int64 `protobuf:"varint,5,opt,name=upstream_calls,json=upstreamCalls,proto3" json:"upstream_calls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetSummary) Reset() {
+	*x = FleetSummary{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetSummary) ProtoMessage() {}
+
+func (x *FleetSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetSummary.ProtoReflect.Descriptor instead.
+func (*FleetSummary) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *FleetSummary) GetDesktops() int32 {
+	if x != nil {
+		return x.Desktops
+	}
+	return 0
+}
+
+func (x *FleetSummary) GetDesktopsOk() int32 {
+	if x != nil {
+		return x.DesktopsOk
+	}
+	return 0
+}
+
+func (x *FleetSummary) GetDesktopsFailed() int32 {
+	if x != nil {
+		return x.DesktopsFailed
+	}
+	return 0
+}
+
+func (x *FleetSummary) GetRecords() int64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+func (x *FleetSummary) GetUpstreamCalls() int64 {
+	if x != nil {
+		return x.UpstreamCalls
+	}
+	return 0
+}
+
+// ErrorInfo says why a desktop failed, with the fields of the
+// google.rpc.ErrorInfo detail that the other calls attach to their errors.
+type ErrorInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The upstream error Code, e.g. "InvalidDesktopId.NotFound", or a gateway
+	// reason such as "UPSTREAM_TOKEN_REPEATED".
+	Reason string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// "ecd.aliyuncs.com" for upstream Codes, "imagerecords.gateway" for the
+	// gateway's own reasons.
+	Domain string `protobuf:"bytes,2,opt,name=domain,proto3" json:"domain,omitempty"`
+	// For upstream errors: upstream_request_id, recommend and http_status.
+	Metadata      map[string]string `protobuf:"bytes,3,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ErrorInfo) Reset() {
+	*x = ErrorInfo{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ErrorInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ErrorInfo) ProtoMessage() {}
+
+func (x *ErrorInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ErrorInfo.ProtoReflect.Descriptor instead.
+func (*ErrorInfo) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ErrorInfo) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ErrorInfo) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *ErrorInfo) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+// WatchImageModifiedRecordsRequest asks to follow one desktop's changes.
+type WatchImageModifiedRecordsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The region of the desktop, e.g. "cn-hangzhou".
+	RegionId string `protobuf:"bytes,1,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
+	// The desktop, e.g. "ecd-bd53sfmysz8ir0001".
+	DesktopId string `protobuf:"bytes,2,opt,name=desktop_id,json=desktopId,proto3" json:"desktop_id,omitempty"`
+	// Send the desktop's current records first, in WatchSnapshot messages
+	// (oldest update_time first, up to 100 records each). Ignored with
+	// resume_cursor, which says what the watcher knows already.
+	Snapshot bool `protobuf:"varint,3,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	// End the stream, with OK, after the first poll that finds no record in
+	// progress (the initial one included), once its events are sent: what a
+	// pipeline waiting for an image change to finish wants.
+	UntilSettled bool `protobuf:"varint,4,opt,name=until_settled,json=untilSettled,proto3" json:"until_settled,omitempty"`
+	// Where to resume: the resume_cursor of a message of an earlier watch of
+	// the same region and desktop. Empty starts from the desktop's records
+	// as they are now: only what changes after that is an event.
+	ResumeCursor  string `protobuf:"bytes,5,opt,name=resume_cursor,json=resumeCursor,proto3" json:"resume_cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchImageModifiedRecordsRequest) Reset() {
+	*x = WatchImageModifiedRecordsRequest{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchImageModifiedRecordsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchImageModifiedRecordsRequest) ProtoMessage() {}
+
+func (x *WatchImageModifiedRecordsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchImageModifiedRecordsRequest.ProtoReflect.Descriptor instead.
+func (*WatchImageModifiedRecordsRequest) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WatchImageModifiedRecordsRequest) GetRegionId() string {
+	if x != nil {
+		return x.RegionId
+	}
+	return ""
+}
+
+func (x *WatchImageModifiedRecordsRequest) GetDesktopId() string {
+	if x != nil {
+		return x.DesktopId
+	}
+	return ""
+}
+
+func (x *WatchImageModifiedRecordsRequest) GetSnapshot() bool {
+	if x != nil {
+		return x.Snapshot
+	}
+	return false
+}
+
+func (x *WatchImageModifiedRecordsRequest) GetUntilSettled() bool {
+	if x != nil {
+		return x.UntilSettled
+	}
+	return false
+}
+
+func (x *WatchImageModifiedRecordsRequest) GetResumeCursor() string {
+	if x != nil {
+		return x.ResumeCursor
+	}
+	return ""
+}
+
+// WatchImageModifiedRecordsResponse is one message of a watch.
+type WatchImageModifiedRecordsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What happened.
+	//
+	// Types that are valid to be assigned to Event:
+	//
+	//	*WatchImageModifiedRecordsResponse_Snapshot
+	//	*WatchImageModifiedRecordsResponse_RecordAdded
+	//	*WatchImageModifiedRecordsResponse_StatusChanged
+	//	*WatchImageModifiedRecordsResponse_Heartbeat
+	Event isWatchImageModifiedRecordsResponse_Event `protobuf_oneof:"event"`
+	// Pass as resume_cursor to a new watch to continue right after this
+	// message. Empty only on snapshot chunks before the last one: a watch cut
+	// inside its snapshot starts again.
+	ResumeCursor  string `protobuf:"bytes,5,opt,name=resume_cursor,json=resumeCursor,proto3" json:"resume_cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchImageModifiedRecordsResponse) Reset() {
+	*x = WatchImageModifiedRecordsResponse{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchImageModifiedRecordsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchImageModifiedRecordsResponse) ProtoMessage() {}
+
+func (x *WatchImageModifiedRecordsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchImageModifiedRecordsResponse.ProtoReflect.Descriptor instead.
+func (*WatchImageModifiedRecordsResponse) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WatchImageModifiedRecordsResponse) GetEvent() isWatchImageModifiedRecordsResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchImageModifiedRecordsResponse) GetSnapshot() *WatchSnapshot {
+	if x != nil {
+		if x, ok := x.Event.(*WatchImageModifiedRecordsResponse_Snapshot); ok {
+			return x.Snapshot
+		}
+	}
+	return nil
+}
+
+func (x *WatchImageModifiedRecordsResponse) GetRecordAdded() *WatchRecordAdded {
+	if x != nil {
+		if x, ok := x.Event.(*WatchImageModifiedRecordsResponse_RecordAdded); ok {
+			return x.RecordAdded
+		}
+	}
+	return nil
+}
+
+func (x *WatchImageModifiedRecordsResponse) GetStatusChanged() *WatchStatusChanged {
+	if x != nil {
+		if x, ok := x.Event.(*WatchImageModifiedRecordsResponse_StatusChanged); ok {
+			return x.StatusChanged
+		}
+	}
+	return nil
+}
+
+func (x *WatchImageModifiedRecordsResponse) GetHeartbeat() *WatchHeartbeat {
+	if x != nil {
+		if x, ok := x.Event.(*WatchImageModifiedRecordsResponse_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
+func (x *WatchImageModifiedRecordsResponse) GetResumeCursor() string {
+	if x != nil {
+		return x.ResumeCursor
+	}
+	return ""
+}
+
+type isWatchImageModifiedRecordsResponse_Event interface {
+	isWatchImageModifiedRecordsResponse_Event()
+}
+
+type WatchImageModifiedRecordsResponse_Snapshot struct {
+	// Part of the records as they were when the watch began.
+	Snapshot *WatchSnapshot `protobuf:"bytes,1,opt,name=snapshot,proto3,oneof"`
+}
+
+type WatchImageModifiedRecordsResponse_RecordAdded struct {
+	// A record the watcher did not know appeared.
+	RecordAdded *WatchRecordAdded `protobuf:"bytes,2,opt,name=record_added,json=recordAdded,proto3,oneof"`
+}
+
+type WatchImageModifiedRecordsResponse_StatusChanged struct {
+	// A record that was in progress settled.
+	StatusChanged *WatchStatusChanged `protobuf:"bytes,3,opt,name=status_changed,json=statusChanged,proto3,oneof"`
+}
+
+type WatchImageModifiedRecordsResponse_Heartbeat struct {
+	// A poll found nothing new.
+	Heartbeat *WatchHeartbeat `protobuf:"bytes,4,opt,name=heartbeat,proto3,oneof"`
+}
+
+func (*WatchImageModifiedRecordsResponse_Snapshot) isWatchImageModifiedRecordsResponse_Event() {}
+
+func (*WatchImageModifiedRecordsResponse_RecordAdded) isWatchImageModifiedRecordsResponse_Event() {}
+
+func (*WatchImageModifiedRecordsResponse_StatusChanged) isWatchImageModifiedRecordsResponse_Event() {}
+
+func (*WatchImageModifiedRecordsResponse_Heartbeat) isWatchImageModifiedRecordsResponse_Event() {}
+
+// WatchSnapshot is a chunk of the desktop's records when the watch began.
+type WatchSnapshot struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Up to 100 records, oldest update_time first across the chunks.
+	Records []*ImageModifiedRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// True on the last chunk (also when the desktop has no record).
+	Complete      bool `protobuf:"varint,2,opt,name=complete,proto3" json:"complete,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchSnapshot) Reset() {
+	*x = WatchSnapshot{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchSnapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchSnapshot) ProtoMessage() {}
+
+func (x *WatchSnapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchSnapshot.ProtoReflect.Descriptor instead.
+func (*WatchSnapshot) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchSnapshot) GetRecords() []*ImageModifiedRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *WatchSnapshot) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+// WatchRecordAdded is a record the watcher had not been told about: a new
+// change (usually IN_PROGRESS), or one that started and settled between
+// two polls (SUCCEEDED or FAILED).
+type WatchRecordAdded struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The record as the upstream shows it now.
+	Record        *ImageModifiedRecord `protobuf:"bytes,1,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRecordAdded) Reset() {
+	*x = WatchRecordAdded{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRecordAdded) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRecordAdded) ProtoMessage() {}
+
+func (x *WatchRecordAdded) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRecordAdded.ProtoReflect.Descriptor instead.
+func (*WatchRecordAdded) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *WatchRecordAdded) GetRecord() *ImageModifiedRecord {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+// WatchStatusChanged is a record that was in progress and has settled.
+type WatchStatusChanged struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The record as the upstream shows it now (status, update_time and
+	// reason have changed).
+	Record *ImageModifiedRecord `protobuf:"bytes,1,opt,name=record,proto3" json:"record,omitempty"`
+	// The status the watcher knew: IMAGE_MODIFICATION_STATUS_IN_PROGRESS.
+	PreviousStatus ImageModificationStatus `protobuf:"varint,2,opt,name=previous_status,json=previousStatus,proto3,enum=ecd.imagerecords.v1.ImageModificationStatus" json:"previous_status,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WatchStatusChanged) Reset() {
+	*x = WatchStatusChanged{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchStatusChanged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchStatusChanged) ProtoMessage() {}
+
+func (x *WatchStatusChanged) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchStatusChanged.ProtoReflect.Descriptor instead.
+func (*WatchStatusChanged) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *WatchStatusChanged) GetRecord() *ImageModifiedRecord {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+func (x *WatchStatusChanged) GetPreviousStatus() ImageModificationStatus {
+	if x != nil {
+		return x.PreviousStatus
+	}
+	return ImageModificationStatus_IMAGE_MODIFICATION_STATUS_UNSPECIFIED
+}
+
+// WatchHeartbeat says the watch is alive and the desktop unchanged.
+type WatchHeartbeat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the poll that found nothing new was made.
+	PolledAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=polled_at,json=polledAt,proto3" json:"polled_at,omitempty"`
+	// How many of the desktop's records are in progress.
+	InProgress    int32 `protobuf:"varint,2,opt,name=in_progress,json=inProgress,proto3" json:"in_progress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchHeartbeat) Reset() {
+	*x = WatchHeartbeat{}
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchHeartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchHeartbeat) ProtoMessage() {}
+
+func (x *WatchHeartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_ecd_imagerecords_v1_image_records_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchHeartbeat.ProtoReflect.Descriptor instead.
+func (*WatchHeartbeat) Descriptor() ([]byte, []int) {
+	return file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WatchHeartbeat) GetPolledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PolledAt
+	}
+	return nil
+}
+
+func (x *WatchHeartbeat) GetInProgress() int32 {
+	if x != nil {
+		return x.InProgress
+	}
+	return 0
+}
+
 var File_ecd_imagerecords_v1_image_records_proto protoreflect.FileDescriptor
 
 const file_ecd_imagerecords_v1_image_records_proto_rawDesc = "" +
 	"\n" +
-	"'ecd/imagerecords/v1/image_records.proto\x12\x13ecd.imagerecords.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x02\n" +
+	"'ecd/imagerecords/v1/image_records.proto\x12\x13ecd.imagerecords.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x02\n" +
 	"\x13ImageModifiedRecord\x12D\n" +
 	"\x06status\x18\x01 \x01(\x0e2,.ecd.imagerecords.v1.ImageModificationStatusR\x06status\x12,\n" +
 	"\x0fupstream_status\x18\x02 \x01(\x05H\x00R\x0eupstreamStatus\x88\x01\x01\x12;\n" +
@@ -538,15 +1675,112 @@ const file_ecd_imagerecords_v1_image_records_proto_rawDesc = "" +
 	"\vtotal_count\x18\x03 \x01(\x05R\n" +
 	"totalCount\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x04 \x01(\tR\trequestId*\xbe\x01\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\"\xae\x01\n" +
+	"&StreamFleetImageModifiedRecordsRequest\x12\x1b\n" +
+	"\tregion_id\x18\x01 \x01(\tR\bregionId\x12\x1f\n" +
+	"\vdesktop_ids\x18\x02 \x03(\tR\n" +
+	"desktopIds\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12'\n" +
+	"\x0fmax_concurrency\x18\x04 \x01(\x05R\x0emaxConcurrency\"\x84\x03\n" +
+	"'StreamFleetImageModifiedRecordsResponse\x12S\n" +
+	"\x0fdesktop_records\x18\x01 \x01(\v2(.ecd.imagerecords.v1.FleetDesktopRecordsH\x00R\x0edesktopRecords\x12M\n" +
+	"\rdesktop_error\x18\x02 \x01(\v2&.ecd.imagerecords.v1.FleetDesktopErrorH\x00R\fdesktopError\x12J\n" +
+	"\fdesktop_done\x18\x03 \x01(\v2%.ecd.imagerecords.v1.FleetDesktopDoneH\x00R\vdesktopDone\x12=\n" +
+	"\asummary\x18\x04 \x01(\v2!.ecd.imagerecords.v1.FleetSummaryH\x00R\asummary\x12!\n" +
+	"\fresume_token\x18\x05 \x01(\tR\vresumeTokenB\a\n" +
+	"\x05event\"\xb8\x01\n" +
+	"\x13FleetDesktopRecords\x12\x1d\n" +
+	"\n" +
+	"desktop_id\x18\x01 \x01(\tR\tdesktopId\x12B\n" +
+	"\arecords\x18\x02 \x03(\v2(.ecd.imagerecords.v1.ImageModifiedRecordR\arecords\x12\x1f\n" +
+	"\vtotal_count\x18\x03 \x01(\x05R\n" +
+	"totalCount\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\"\x95\x02\n" +
+	"\x11FleetDesktopError\x12\x1d\n" +
+	"\n" +
+	"desktop_id\x18\x01 \x01(\tR\tdesktopId\x122\n" +
+	"\x04code\x18\x02 \x01(\x0e2\x1e.ecd.imagerecords.v1.ErrorCodeR\x04code\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12=\n" +
+	"\n" +
+	"error_info\x18\x04 \x01(\v2\x1e.ecd.imagerecords.v1.ErrorInfoR\terrorInfo\x12:\n" +
+	"\vretry_delay\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"retryDelay\x12\x18\n" +
+	"\arecords\x18\x06 \x01(\x03R\arecords\"K\n" +
+	"\x10FleetDesktopDone\x12\x1d\n" +
+	"\n" +
+	"desktop_id\x18\x01 \x01(\tR\tdesktopId\x12\x18\n" +
+	"\arecords\x18\x02 \x01(\x03R\arecords\"\xb5\x01\n" +
+	"\fFleetSummary\x12\x1a\n" +
+	"\bdesktops\x18\x01 \x01(\x05R\bdesktops\x12\x1f\n" +
+	"\vdesktops_ok\x18\x02 \x01(\x05R\n" +
+	"desktopsOk\x12'\n" +
+	"\x0fdesktops_failed\x18\x03 \x01(\x05R\x0edesktopsFailed\x12\x18\n" +
+	"\arecords\x18\x04 \x01(\x03R\arecords\x12%\n" +
+	"\x0eupstream_calls\x18\x05 \x01(\x03R\rupstreamCalls\"\xc2\x01\n" +
+	"\tErrorInfo\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06domain\x18\x02 \x01(\tR\x06domain\x12H\n" +
+	"\bmetadata\x18\x03 \x03(\v2,.ecd.imagerecords.v1.ErrorInfo.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc4\x01\n" +
+	" WatchImageModifiedRecordsRequest\x12\x1b\n" +
+	"\tregion_id\x18\x01 \x01(\tR\bregionId\x12\x1d\n" +
+	"\n" +
+	"desktop_id\x18\x02 \x01(\tR\tdesktopId\x12\x1a\n" +
+	"\bsnapshot\x18\x03 \x01(\bR\bsnapshot\x12#\n" +
+	"\runtil_settled\x18\x04 \x01(\bR\funtilSettled\x12#\n" +
+	"\rresume_cursor\x18\x05 \x01(\tR\fresumeCursor\"\xf6\x02\n" +
+	"!WatchImageModifiedRecordsResponse\x12@\n" +
+	"\bsnapshot\x18\x01 \x01(\v2\".ecd.imagerecords.v1.WatchSnapshotH\x00R\bsnapshot\x12J\n" +
+	"\frecord_added\x18\x02 \x01(\v2%.ecd.imagerecords.v1.WatchRecordAddedH\x00R\vrecordAdded\x12P\n" +
+	"\x0estatus_changed\x18\x03 \x01(\v2'.ecd.imagerecords.v1.WatchStatusChangedH\x00R\rstatusChanged\x12C\n" +
+	"\theartbeat\x18\x04 \x01(\v2#.ecd.imagerecords.v1.WatchHeartbeatH\x00R\theartbeat\x12#\n" +
+	"\rresume_cursor\x18\x05 \x01(\tR\fresumeCursorB\a\n" +
+	"\x05event\"o\n" +
+	"\rWatchSnapshot\x12B\n" +
+	"\arecords\x18\x01 \x03(\v2(.ecd.imagerecords.v1.ImageModifiedRecordR\arecords\x12\x1a\n" +
+	"\bcomplete\x18\x02 \x01(\bR\bcomplete\"T\n" +
+	"\x10WatchRecordAdded\x12@\n" +
+	"\x06record\x18\x01 \x01(\v2(.ecd.imagerecords.v1.ImageModifiedRecordR\x06record\"\xad\x01\n" +
+	"\x12WatchStatusChanged\x12@\n" +
+	"\x06record\x18\x01 \x01(\v2(.ecd.imagerecords.v1.ImageModifiedRecordR\x06record\x12U\n" +
+	"\x0fprevious_status\x18\x02 \x01(\x0e2,.ecd.imagerecords.v1.ImageModificationStatusR\x0epreviousStatus\"j\n" +
+	"\x0eWatchHeartbeat\x127\n" +
+	"\tpolled_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\bpolledAt\x12\x1f\n" +
+	"\vin_progress\x18\x02 \x01(\x05R\n" +
+	"inProgress*\xbe\x01\n" +
 	"\x17ImageModificationStatus\x12)\n" +
 	"%IMAGE_MODIFICATION_STATUS_UNSPECIFIED\x10\x00\x12)\n" +
 	"%IMAGE_MODIFICATION_STATUS_IN_PROGRESS\x10\x01\x12'\n" +
 	"#IMAGE_MODIFICATION_STATUS_SUCCEEDED\x10\x02\x12$\n" +
-	" IMAGE_MODIFICATION_STATUS_FAILED\x10\x032\xbb\x02\n" +
+	" IMAGE_MODIFICATION_STATUS_FAILED\x10\x03*\x80\x04\n" +
+	"\tErrorCode\x12\x1a\n" +
+	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14ERROR_CODE_CANCELLED\x10\x01\x12\x16\n" +
+	"\x12ERROR_CODE_UNKNOWN\x10\x02\x12\x1f\n" +
+	"\x1bERROR_CODE_INVALID_ARGUMENT\x10\x03\x12 \n" +
+	"\x1cERROR_CODE_DEADLINE_EXCEEDED\x10\x04\x12\x18\n" +
+	"\x14ERROR_CODE_NOT_FOUND\x10\x05\x12\x1d\n" +
+	"\x19ERROR_CODE_ALREADY_EXISTS\x10\x06\x12 \n" +
+	"\x1cERROR_CODE_PERMISSION_DENIED\x10\a\x12!\n" +
+	"\x1dERROR_CODE_RESOURCE_EXHAUSTED\x10\b\x12\"\n" +
+	"\x1eERROR_CODE_FAILED_PRECONDITION\x10\t\x12\x16\n" +
+	"\x12ERROR_CODE_ABORTED\x10\n" +
+	"\x12\x1b\n" +
+	"\x17ERROR_CODE_OUT_OF_RANGE\x10\v\x12\x1c\n" +
+	"\x18ERROR_CODE_UNIMPLEMENTED\x10\f\x12\x17\n" +
+	"\x13ERROR_CODE_INTERNAL\x10\r\x12\x1a\n" +
+	"\x16ERROR_CODE_UNAVAILABLE\x10\x0e\x12\x18\n" +
+	"\x14ERROR_CODE_DATA_LOSS\x10\x0f\x12\x1e\n" +
+	"\x1aERROR_CODE_UNAUTHENTICATED\x10\x102\xf5\x04\n" +
 	"\x13ImageRecordsService\x12\x8c\x01\n" +
 	"\x18ListImageModifiedRecords\x124.ecd.imagerecords.v1.ListImageModifiedRecordsRequest\x1a5.ecd.imagerecords.v1.ListImageModifiedRecordsResponse\"\x03\x90\x02\x01\x12\x94\x01\n" +
-	"\x1aStreamImageModifiedRecords\x126.ecd.imagerecords.v1.StreamImageModifiedRecordsRequest\x1a7.ecd.imagerecords.v1.StreamImageModifiedRecordsResponse\"\x03\x90\x02\x010\x01BMZKgithub.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1;imagerecordsv1b\x06proto3"
+	"\x1aStreamImageModifiedRecords\x126.ecd.imagerecords.v1.StreamImageModifiedRecordsRequest\x1a7.ecd.imagerecords.v1.StreamImageModifiedRecordsResponse\"\x03\x90\x02\x010\x01\x12\xa3\x01\n" +
+	"\x1fStreamFleetImageModifiedRecords\x12;.ecd.imagerecords.v1.StreamFleetImageModifiedRecordsRequest\x1a<.ecd.imagerecords.v1.StreamFleetImageModifiedRecordsResponse\"\x03\x90\x02\x010\x01\x12\x91\x01\n" +
+	"\x19WatchImageModifiedRecords\x125.ecd.imagerecords.v1.WatchImageModifiedRecordsRequest\x1a6.ecd.imagerecords.v1.WatchImageModifiedRecordsResponse\"\x03\x90\x02\x010\x01BMZKgithub.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1;imagerecordsv1b\x06proto3"
 
 var (
 	file_ecd_imagerecords_v1_image_records_proto_rawDescOnce sync.Once
@@ -560,31 +1794,69 @@ func file_ecd_imagerecords_v1_image_records_proto_rawDescGZIP() []byte {
 	return file_ecd_imagerecords_v1_image_records_proto_rawDescData
 }
 
-var file_ecd_imagerecords_v1_image_records_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ecd_imagerecords_v1_image_records_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_ecd_imagerecords_v1_image_records_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_ecd_imagerecords_v1_image_records_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_ecd_imagerecords_v1_image_records_proto_goTypes = []any{
-	(ImageModificationStatus)(0),               // 0: ecd.imagerecords.v1.ImageModificationStatus
-	(*ImageModifiedRecord)(nil),                // 1: ecd.imagerecords.v1.ImageModifiedRecord
-	(*ListImageModifiedRecordsRequest)(nil),    // 2: ecd.imagerecords.v1.ListImageModifiedRecordsRequest
-	(*ListImageModifiedRecordsResponse)(nil),   // 3: ecd.imagerecords.v1.ListImageModifiedRecordsResponse
-	(*StreamImageModifiedRecordsRequest)(nil),  // 4: ecd.imagerecords.v1.StreamImageModifiedRecordsRequest
-	(*StreamImageModifiedRecordsResponse)(nil), // 5: ecd.imagerecords.v1.StreamImageModifiedRecordsResponse
-	(*timestamppb.Timestamp)(nil),              // 6: google.protobuf.Timestamp
+	(ImageModificationStatus)(0),                    // 0: ecd.imagerecords.v1.ImageModificationStatus
+	(ErrorCode)(0),                                  // 1: ecd.imagerecords.v1.ErrorCode
+	(*ImageModifiedRecord)(nil),                     // 2: ecd.imagerecords.v1.ImageModifiedRecord
+	(*ListImageModifiedRecordsRequest)(nil),         // 3: ecd.imagerecords.v1.ListImageModifiedRecordsRequest
+	(*ListImageModifiedRecordsResponse)(nil),        // 4: ecd.imagerecords.v1.ListImageModifiedRecordsResponse
+	(*StreamImageModifiedRecordsRequest)(nil),       // 5: ecd.imagerecords.v1.StreamImageModifiedRecordsRequest
+	(*StreamImageModifiedRecordsResponse)(nil),      // 6: ecd.imagerecords.v1.StreamImageModifiedRecordsResponse
+	(*StreamFleetImageModifiedRecordsRequest)(nil),  // 7: ecd.imagerecords.v1.StreamFleetImageModifiedRecordsRequest
+	(*StreamFleetImageModifiedRecordsResponse)(nil), // 8: ecd.imagerecords.v1.StreamFleetImageModifiedRecordsResponse
+	(*FleetDesktopRecords)(nil),                     // 9: ecd.imagerecords.v1.FleetDesktopRecords
+	(*FleetDesktopError)(nil),                       // 10: ecd.imagerecords.v1.FleetDesktopError
+	(*FleetDesktopDone)(nil),                        // 11: ecd.imagerecords.v1.FleetDesktopDone
+	(*FleetSummary)(nil),                            // 12: ecd.imagerecords.v1.FleetSummary
+	(*ErrorInfo)(nil),                               // 13: ecd.imagerecords.v1.ErrorInfo
+	(*WatchImageModifiedRecordsRequest)(nil),        // 14: ecd.imagerecords.v1.WatchImageModifiedRecordsRequest
+	(*WatchImageModifiedRecordsResponse)(nil),       // 15: ecd.imagerecords.v1.WatchImageModifiedRecordsResponse
+	(*WatchSnapshot)(nil),                           // 16: ecd.imagerecords.v1.WatchSnapshot
+	(*WatchRecordAdded)(nil),                        // 17: ecd.imagerecords.v1.WatchRecordAdded
+	(*WatchStatusChanged)(nil),                      // 18: ecd.imagerecords.v1.WatchStatusChanged
+	(*WatchHeartbeat)(nil),                          // 19: ecd.imagerecords.v1.WatchHeartbeat
+	nil,                                             // 20: ecd.imagerecords.v1.ErrorInfo.MetadataEntry
+	(*timestamppb.Timestamp)(nil),                   // 21: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),                     // 22: google.protobuf.Duration
 }
 var file_ecd_imagerecords_v1_image_records_proto_depIdxs = []int32{
-	0, // 0: ecd.imagerecords.v1.ImageModifiedRecord.status:type_name -> ecd.imagerecords.v1.ImageModificationStatus
-	6, // 1: ecd.imagerecords.v1.ImageModifiedRecord.update_time:type_name -> google.protobuf.Timestamp
-	1, // 2: ecd.imagerecords.v1.ListImageModifiedRecordsResponse.records:type_name -> ecd.imagerecords.v1.ImageModifiedRecord
-	1, // 3: ecd.imagerecords.v1.StreamImageModifiedRecordsResponse.records:type_name -> ecd.imagerecords.v1.ImageModifiedRecord
-	2, // 4: ecd.imagerecords.v1.ImageRecordsService.ListImageModifiedRecords:input_type -> ecd.imagerecords.v1.ListImageModifiedRecordsRequest
-	4, // 5: ecd.imagerecords.v1.ImageRecordsService.StreamImageModifiedRecords:input_type -> ecd.imagerecords.v1.StreamImageModifiedRecordsRequest
-	3, // 6: ecd.imagerecords.v1.ImageRecordsService.ListImageModifiedRecords:output_type -> ecd.imagerecords.v1.ListImageModifiedRecordsResponse
-	5, // 7: ecd.imagerecords.v1.ImageRecordsService.StreamImageModifiedRecords:output_type -> ecd.imagerecords.v1.StreamImageModifiedRecordsResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	0,  // 0: ecd.imagerecords.v1.ImageModifiedRecord.status:type_name -> ecd.imagerecords.v1.ImageModificationStatus
+	21, // 1: ecd.imagerecords.v1.ImageModifiedRecord.update_time:type_name -> google.protobuf.Timestamp
+	2,  // 2: ecd.imagerecords.v1.ListImageModifiedRecordsResponse.records:type_name -> ecd.imagerecords.v1.ImageModifiedRecord
+	2,  // 3: ecd.imagerecords.v1.StreamImageModifiedRecordsResponse.records:type_name -> ecd.imagerecords.v1.ImageModifiedRecord
+	9,  // 4: ecd.imagerecords.v1.StreamFleetImageModifiedRecordsResponse.desktop_records:type_name -> ecd.imagerecords.v1.FleetDesktopRecords
+	10, // 5: ecd.imagerecords.v1.StreamFleetImageModifiedRecordsResponse.desktop_error:type_name -> ecd.imagerecords.v1.FleetDesktopError
+	11, // 6: ecd.imagerecords.v1.StreamFleetImageModifiedRecordsResponse.desktop_done:type_name -> ecd.imagerecords.v1.FleetDesktopDone
+	12, // 7: ecd.imagerecords.v1.StreamFleetImageModifiedRecordsResponse.summary:type_name -> ecd.imagerecords.v1.FleetSummary
+	2,  // 8: ecd.imagerecords.v1.FleetDesktopRecords.records:type_name -> ecd.imagerecords.v1.ImageModifiedRecord
+	1,  // 9: ecd.imagerecords.v1.FleetDesktopError.code:type_name -> ecd.imagerecords.v1.ErrorCode
+	13, // 10: ecd.imagerecords.v1.FleetDesktopError.error_info:type_name -> ecd.imagerecords.v1.ErrorInfo
+	22, // 11: ecd.imagerecords.v1.FleetDesktopError.retry_delay:type_name -> google.protobuf.Duration
+	20, // 12: ecd.imagerecords.v1.ErrorInfo.metadata:type_name -> ecd.imagerecords.v1.ErrorInfo.MetadataEntry
+	16, // 13: ecd.imagerecords.v1.WatchImageModifiedRecordsResponse.snapshot:type_name -> ecd.imagerecords.v1.WatchSnapshot
+	17, // 14: ecd.imagerecords.v1.WatchImageModifiedRecordsResponse.record_added:type_name -> ecd.imagerecords.v1.WatchRecordAdded
+	18, // 15: ecd.imagerecords.v1.WatchImageModifiedRecordsResponse.status_changed:type_name -> ecd.imagerecords.v1.WatchStatusChanged
+	19, // 16: ecd.imagerecords.v1.WatchImageModifiedRecordsResponse.heartbeat:type_name -> ecd.imagerecords.v1.WatchHeartbeat
+	2,  // 17: ecd.imagerecords.v1.WatchSnapshot.records:type_name -> ecd.imagerecords.v1.ImageModifiedRecord
+	2,  // 18: ecd.imagerecords.v1.WatchRecordAdded.record:type_name -> ecd.imagerecords.v1.ImageModifiedRecord
+	2,  // 19: ecd.imagerecords.v1.WatchStatusChanged.record:type_name -> ecd.imagerecords.v1.ImageModifiedRecord
+	0,  // 20: ecd.imagerecords.v1.WatchStatusChanged.previous_status:type_name -> ecd.imagerecords.v1.ImageModificationStatus
+	21, // 21: ecd.imagerecords.v1.WatchHeartbeat.polled_at:type_name -> google.protobuf.Timestamp
+	3,  // 22: ecd.imagerecords.v1.ImageRecordsService.ListImageModifiedRecords:input_type -> ecd.imagerecords.v1.ListImageModifiedRecordsRequest
+	5,  // 23: ecd.imagerecords.v1.ImageRecordsService.StreamImageModifiedRecords:input_type -> ecd.imagerecords.v1.StreamImageModifiedRecordsRequest
+	7,  // 24: ecd.imagerecords.v1.ImageRecordsService.StreamFleetImageModifiedRecords:input_type -> ecd.imagerecords.v1.StreamFleetImageModifiedRecordsRequest
+	14, // 25: ecd.imagerecords.v1.ImageRecordsService.WatchImageModifiedRecords:input_type -> ecd.imagerecords.v1.WatchImageModifiedRecordsRequest
+	4,  // 26: ecd.imagerecords.v1.ImageRecordsService.ListImageModifiedRecords:output_type -> ecd.imagerecords.v1.ListImageModifiedRecordsResponse
+	6,  // 27: ecd.imagerecords.v1.ImageRecordsService.StreamImageModifiedRecords:output_type -> ecd.imagerecords.v1.StreamImageModifiedRecordsResponse
+	8,  // 28: ecd.imagerecords.v1.ImageRecordsService.StreamFleetImageModifiedRecords:output_type -> ecd.imagerecords.v1.StreamFleetImageModifiedRecordsResponse
+	15, // 29: ecd.imagerecords.v1.ImageRecordsService.WatchImageModifiedRecords:output_type -> ecd.imagerecords.v1.WatchImageModifiedRecordsResponse
+	26, // [26:30] is the sub-list for method output_type
+	22, // [22:26] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_ecd_imagerecords_v1_image_records_proto_init() }
@@ -593,13 +1865,25 @@ func file_ecd_imagerecords_v1_image_records_proto_init() {
 		return
 	}
 	file_ecd_imagerecords_v1_image_records_proto_msgTypes[0].OneofWrappers = []any{}
+	file_ecd_imagerecords_v1_image_records_proto_msgTypes[6].OneofWrappers = []any{
+		(*StreamFleetImageModifiedRecordsResponse_DesktopRecords)(nil),
+		(*StreamFleetImageModifiedRecordsResponse_DesktopError)(nil),
+		(*StreamFleetImageModifiedRecordsResponse_DesktopDone)(nil),
+		(*StreamFleetImageModifiedRecordsResponse_Summary)(nil),
+	}
+	file_ecd_imagerecords_v1_image_records_proto_msgTypes[13].OneofWrappers = []any{
+		(*WatchImageModifiedRecordsResponse_Snapshot)(nil),
+		(*WatchImageModifiedRecordsResponse_RecordAdded)(nil),
+		(*WatchImageModifiedRecordsResponse_StatusChanged)(nil),
+		(*WatchImageModifiedRecordsResponse_Heartbeat)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ecd_imagerecords_v1_image_records_proto_rawDesc), len(file_ecd_imagerecords_v1_image_records_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   5,
+			NumEnums:      2,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,6 +43,12 @@ const (
 	// ImageRecordsServiceStreamImageModifiedRecordsProcedure is the fully-qualified name of the
 	// ImageRecordsService's StreamImageModifiedRecords RPC.
 	ImageRecordsServiceStreamImageModifiedRecordsProcedure = "/ecd.imagerecords.v1.ImageRecordsService/StreamImageModifiedRecords"
+	// ImageRecordsServiceStreamFleetImageModifiedRecordsProcedure is the fully-qualified name of the
+	// ImageRecordsService's StreamFleetImageModifiedRecords RPC.
+	ImageRecordsServiceStreamFleetImageModifiedRecordsProcedure = "/ecd.imagerecords.v1.ImageRecordsService/StreamFleetImageModifiedRecords"
+	// ImageRecordsServiceWatchImageModifiedRecordsProcedure is the fully-qualified name of the
+	// ImageRecordsService's WatchImageModifiedRecords RPC.
+	ImageRecordsServiceWatchImageModifiedRecordsProcedure = "/ecd.imagerecords.v1.ImageRecordsService/WatchImageModifiedRecords"
 )
 
 // ImageRecordsServiceClient is a client for the ecd.imagerecords.v1.ImageRecordsService service.
@@ -56,6 +62,73 @@ type ImageRecordsServiceClient interface {
 	// message carries a resume_token: a new call with it as page_token
 	// continues right after that message, with nothing lost or repeated.
 	StreamImageModifiedRecords(context.Context, *connect.Request[v1.StreamImageModifiedRecordsRequest]) (*connect.ServerStreamForClient[v1.StreamImageModifiedRecordsResponse], error)
+	// StreamFleetImageModifiedRecords streams every record of up to 1,000
+	// desktops of one region. The gateway pages a bounded number of desktops
+	// at once (max_concurrency), each in order with 100 records per upstream
+	// call, and interleaves their messages as they progress. A desktop that
+	// fails (not found, or still failing after the gateway's retries) gets a
+	// FleetDesktopError message and the fleet goes on; every other desktop
+	// ends with a FleetDesktopDone message; a FleetSummary ends the stream.
+	//
+	// Every message carries a resume_token: a new call with the same region
+	// and desktop ids and that token as page_token continues right after
+	// that message, with nothing lost and nothing repeated: finished desktops
+	// are skipped and desktops in progress continue where their last message
+	// left them (after the summary, nothing is left but the summary). Errors that concern the whole call (the
+	// caller's deadline, an unknown region, the gateway's own credentials)
+	// end the stream instead, and the last resume_token continues it.
+	//
+	// Upstream calls go through the gateway's shared rate limit, like every
+	// other call: a fleet uses the account's quota, it does not jump it.
+	StreamFleetImageModifiedRecords(context.Context, *connect.Request[v1.StreamFleetImageModifiedRecordsRequest]) (*connect.ServerStreamForClient[v1.StreamFleetImageModifiedRecordsResponse], error)
+	// WatchImageModifiedRecords follows one desktop's image changes as they
+	// happen: optionally a snapshot of its records first, then an event for
+	// every new record and every status change (IN_PROGRESS to SUCCEEDED or
+	// FAILED), and a heartbeat after every poll that found nothing new. With
+	// until_settled the stream ends once no change is in progress.
+	//
+	// The upstream only answers about the past, so the gateway polls it: every
+	// --watch-min-interval (a gateway flag) while a change is in progress,
+	// backing off towards --watch-max-interval while none is, with jitter,
+	// through the shared rate limit. All the watchers of one desktop on one
+	// gateway replica share one poller: a poll costs ceil(records / 100)
+	// upstream calls however many watch. A poll that fails for now
+	// (throttling, an unavailable upstream) is made again later and watchers
+	// hear nothing of it; one that fails for good (an unknown desktop, a
+	// permission, a broken answer) ends every watcher of the desktop with
+	// that error.
+	//
+	// Records have no id and the API documents no order, so the gateway
+	// identifies a record by what it is and compares whole polls as sets,
+	// never relying on where a record appears:
+	//
+	//   - A settled record (any status but IN_PROGRESS) never changes again. It is
+	//     identified by all of its fields; update_time has milliseconds, so
+	//     two changes of one desktop that agree on every field are taken to
+	//     be the same record (seen twice, e.g. when the upstream's pages
+	//     shift while it is paged).
+	//   - A record in progress changes when it settles (status, update_time,
+	//     reason), but its images do not: it is identified by the pair
+	//     (image_id, new_image_id). A desktop's image change goes from one
+	//     image to another; a settled record whose pair is that of a record
+	//     that was in progress is that record's status change.
+	//   - A record that started and settled between two polls is one
+	//     WatchRecordAdded with its final status.
+	//   - Each poll reads every page and compares the records with the
+	//     previous poll's, so the order of records in a page, and whether new
+	//     records come first or last, do not matter. The events of one poll
+	//     are sent in update_time order.
+	//
+	// Every message but the chunks of a snapshot before the last carries a
+	// resume_cursor: what the watcher has been told, as the latest
+	// update_time it knows, the records at that instant and the pairs of
+	// the records in progress. A new call with it as resume_cursor sends
+	// what changed since, from the gateway's current view of the desktop,
+	// with nothing lost and nothing repeated, through any replica. (A record
+	// that the upstream shows only after newer ones, with an update_time
+	// older than the cursor's, would be missed by a resumed watch; a watch
+	// that stays connected sees it.)
+	WatchImageModifiedRecords(context.Context, *connect.Request[v1.WatchImageModifiedRecordsRequest]) (*connect.ServerStreamForClient[v1.WatchImageModifiedRecordsResponse], error)
 }
 
 // NewImageRecordsServiceClient constructs a client for the ecd.imagerecords.v1.ImageRecordsService
@@ -83,13 +156,29 @@ func NewImageRecordsServiceClient(httpClient connect.HTTPClient, baseURL string,
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		streamFleetImageModifiedRecords: connect.NewClient[v1.StreamFleetImageModifiedRecordsRequest, v1.StreamFleetImageModifiedRecordsResponse](
+			httpClient,
+			baseURL+ImageRecordsServiceStreamFleetImageModifiedRecordsProcedure,
+			connect.WithSchema(imageRecordsServiceMethods.ByName("StreamFleetImageModifiedRecords")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		watchImageModifiedRecords: connect.NewClient[v1.WatchImageModifiedRecordsRequest, v1.WatchImageModifiedRecordsResponse](
+			httpClient,
+			baseURL+ImageRecordsServiceWatchImageModifiedRecordsProcedure,
+			connect.WithSchema(imageRecordsServiceMethods.ByName("WatchImageModifiedRecords")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // imageRecordsServiceClient implements ImageRecordsServiceClient.
 type imageRecordsServiceClient struct {
-	listImageModifiedRecords   *connect.Client[v1.ListImageModifiedRecordsRequest, v1.ListImageModifiedRecordsResponse]
-	streamImageModifiedRecords *connect.Client[v1.StreamImageModifiedRecordsRequest, v1.StreamImageModifiedRecordsResponse]
+	listImageModifiedRecords        *connect.Client[v1.ListImageModifiedRecordsRequest, v1.ListImageModifiedRecordsResponse]
+	streamImageModifiedRecords      *connect.Client[v1.StreamImageModifiedRecordsRequest, v1.StreamImageModifiedRecordsResponse]
+	streamFleetImageModifiedRecords *connect.Client[v1.StreamFleetImageModifiedRecordsRequest, v1.StreamFleetImageModifiedRecordsResponse]
+	watchImageModifiedRecords       *connect.Client[v1.WatchImageModifiedRecordsRequest, v1.WatchImageModifiedRecordsResponse]
 }
 
 // ListImageModifiedRecords calls ecd.imagerecords.v1.ImageRecordsService.ListImageModifiedRecords.
@@ -101,6 +190,18 @@ func (c *imageRecordsServiceClient) ListImageModifiedRecords(ctx context.Context
 // ecd.imagerecords.v1.ImageRecordsService.StreamImageModifiedRecords.
 func (c *imageRecordsServiceClient) StreamImageModifiedRecords(ctx context.Context, req *connect.Request[v1.StreamImageModifiedRecordsRequest]) (*connect.ServerStreamForClient[v1.StreamImageModifiedRecordsResponse], error) {
 	return c.streamImageModifiedRecords.CallServerStream(ctx, req)
+}
+
+// StreamFleetImageModifiedRecords calls
+// ecd.imagerecords.v1.ImageRecordsService.StreamFleetImageModifiedRecords.
+func (c *imageRecordsServiceClient) StreamFleetImageModifiedRecords(ctx context.Context, req *connect.Request[v1.StreamFleetImageModifiedRecordsRequest]) (*connect.ServerStreamForClient[v1.StreamFleetImageModifiedRecordsResponse], error) {
+	return c.streamFleetImageModifiedRecords.CallServerStream(ctx, req)
+}
+
+// WatchImageModifiedRecords calls
+// ecd.imagerecords.v1.ImageRecordsService.WatchImageModifiedRecords.
+func (c *imageRecordsServiceClient) WatchImageModifiedRecords(ctx context.Context, req *connect.Request[v1.WatchImageModifiedRecordsRequest]) (*connect.ServerStreamForClient[v1.WatchImageModifiedRecordsResponse], error) {
+	return c.watchImageModifiedRecords.CallServerStream(ctx, req)
 }
 
 // ImageRecordsServiceHandler is an implementation of the ecd.imagerecords.v1.ImageRecordsService
@@ -115,6 +216,73 @@ type ImageRecordsServiceHandler interface {
 	// message carries a resume_token: a new call with it as page_token
 	// continues right after that message, with nothing lost or repeated.
 	StreamImageModifiedRecords(context.Context, *connect.Request[v1.StreamImageModifiedRecordsRequest], *connect.ServerStream[v1.StreamImageModifiedRecordsResponse]) error
+	// StreamFleetImageModifiedRecords streams every record of up to 1,000
+	// desktops of one region. The gateway pages a bounded number of desktops
+	// at once (max_concurrency), each in order with 100 records per upstream
+	// call, and interleaves their messages as they progress. A desktop that
+	// fails (not found, or still failing after the gateway's retries) gets a
+	// FleetDesktopError message and the fleet goes on; every other desktop
+	// ends with a FleetDesktopDone message; a FleetSummary ends the stream.
+	//
+	// Every message carries a resume_token: a new call with the same region
+	// and desktop ids and that token as page_token continues right after
+	// that message, with nothing lost and nothing repeated: finished desktops
+	// are skipped and desktops in progress continue where their last message
+	// left them (after the summary, nothing is left but the summary). Errors that concern the whole call (the
+	// caller's deadline, an unknown region, the gateway's own credentials)
+	// end the stream instead, and the last resume_token continues it.
+	//
+	// Upstream calls go through the gateway's shared rate limit, like every
+	// other call: a fleet uses the account's quota, it does not jump it.
+	StreamFleetImageModifiedRecords(context.Context, *connect.Request[v1.StreamFleetImageModifiedRecordsRequest], *connect.ServerStream[v1.StreamFleetImageModifiedRecordsResponse]) error
+	// WatchImageModifiedRecords follows one desktop's image changes as they
+	// happen: optionally a snapshot of its records first, then an event for
+	// every new record and every status change (IN_PROGRESS to SUCCEEDED or
+	// FAILED), and a heartbeat after every poll that found nothing new. With
+	// until_settled the stream ends once no change is in progress.
+	//
+	// The upstream only answers about the past, so the gateway polls it: every
+	// --watch-min-interval (a gateway flag) while a change is in progress,
+	// backing off towards --watch-max-interval while none is, with jitter,
+	// through the shared rate limit. All the watchers of one desktop on one
+	// gateway replica share one poller: a poll costs ceil(records / 100)
+	// upstream calls however many watch. A poll that fails for now
+	// (throttling, an unavailable upstream) is made again later and watchers
+	// hear nothing of it; one that fails for good (an unknown desktop, a
+	// permission, a broken answer) ends every watcher of the desktop with
+	// that error.
+	//
+	// Records have no id and the API documents no order, so the gateway
+	// identifies a record by what it is and compares whole polls as sets,
+	// never relying on where a record appears:
+	//
+	//   - A settled record (any status but IN_PROGRESS) never changes again. It is
+	//     identified by all of its fields; update_time has milliseconds, so
+	//     two changes of one desktop that agree on every field are taken to
+	//     be the same record (seen twice, e.g. when the upstream's pages
+	//     shift while it is paged).
+	//   - A record in progress changes when it settles (status, update_time,
+	//     reason), but its images do not: it is identified by the pair
+	//     (image_id, new_image_id). A desktop's image change goes from one
+	//     image to another; a settled record whose pair is that of a record
+	//     that was in progress is that record's status change.
+	//   - A record that started and settled between two polls is one
+	//     WatchRecordAdded with its final status.
+	//   - Each poll reads every page and compares the records with the
+	//     previous poll's, so the order of records in a page, and whether new
+	//     records come first or last, do not matter. The events of one poll
+	//     are sent in update_time order.
+	//
+	// Every message but the chunks of a snapshot before the last carries a
+	// resume_cursor: what the watcher has been told, as the latest
+	// update_time it knows, the records at that instant and the pairs of
+	// the records in progress. A new call with it as resume_cursor sends
+	// what changed since, from the gateway's current view of the desktop,
+	// with nothing lost and nothing repeated, through any replica. (A record
+	// that the upstream shows only after newer ones, with an update_time
+	// older than the cursor's, would be missed by a resumed watch; a watch
+	// that stays connected sees it.)
+	WatchImageModifiedRecords(context.Context, *connect.Request[v1.WatchImageModifiedRecordsRequest], *connect.ServerStream[v1.WatchImageModifiedRecordsResponse]) error
 }
 
 // NewImageRecordsServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -138,12 +306,30 @@ func NewImageRecordsServiceHandler(svc ImageRecordsServiceHandler, opts ...conne
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	imageRecordsServiceStreamFleetImageModifiedRecordsHandler := connect.NewServerStreamHandler(
+		ImageRecordsServiceStreamFleetImageModifiedRecordsProcedure,
+		svc.StreamFleetImageModifiedRecords,
+		connect.WithSchema(imageRecordsServiceMethods.ByName("StreamFleetImageModifiedRecords")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	imageRecordsServiceWatchImageModifiedRecordsHandler := connect.NewServerStreamHandler(
+		ImageRecordsServiceWatchImageModifiedRecordsProcedure,
+		svc.WatchImageModifiedRecords,
+		connect.WithSchema(imageRecordsServiceMethods.ByName("WatchImageModifiedRecords")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ecd.imagerecords.v1.ImageRecordsService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ImageRecordsServiceListImageModifiedRecordsProcedure:
 			imageRecordsServiceListImageModifiedRecordsHandler.ServeHTTP(w, r)
 		case ImageRecordsServiceStreamImageModifiedRecordsProcedure:
 			imageRecordsServiceStreamImageModifiedRecordsHandler.ServeHTTP(w, r)
+		case ImageRecordsServiceStreamFleetImageModifiedRecordsProcedure:
+			imageRecordsServiceStreamFleetImageModifiedRecordsHandler.ServeHTTP(w, r)
+		case ImageRecordsServiceWatchImageModifiedRecordsProcedure:
+			imageRecordsServiceWatchImageModifiedRecordsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -159,4 +345,12 @@ func (UnimplementedImageRecordsServiceHandler) ListImageModifiedRecords(context.
 
 func (UnimplementedImageRecordsServiceHandler) StreamImageModifiedRecords(context.Context, *connect.Request[v1.StreamImageModifiedRecordsRequest], *connect.ServerStream[v1.StreamImageModifiedRecordsResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("ecd.imagerecords.v1.ImageRecordsService.StreamImageModifiedRecords is not implemented"))
+}
+
+func (UnimplementedImageRecordsServiceHandler) StreamFleetImageModifiedRecords(context.Context, *connect.Request[v1.StreamFleetImageModifiedRecordsRequest], *connect.ServerStream[v1.StreamFleetImageModifiedRecordsResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("ecd.imagerecords.v1.ImageRecordsService.StreamFleetImageModifiedRecords is not implemented"))
+}
+
+func (UnimplementedImageRecordsServiceHandler) WatchImageModifiedRecords(context.Context, *connect.Request[v1.WatchImageModifiedRecordsRequest], *connect.ServerStream[v1.WatchImageModifiedRecordsResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("ecd.imagerecords.v1.ImageRecordsService.WatchImageModifiedRecords is not implemented"))
 }
