@@ -31,8 +31,8 @@ import (
 //     decreases is judged once enough calls went out at the lowered rate:
 //     when the rate fell far, the throttled share barely, and what got
 //     through fell with the rate (against a quota, what gets through stays
-//     the quota), the pacer restores the rate from before and, for a
-//     while, takes throttled windows for clean ones. Heavy throttling
+//     the quota), the pacer restores the rate it had before the throttling
+//     began and, for a while, takes throttled windows for clean ones. Heavy throttling
 //     (more than half the calls), throttling that grew, or nothing getting
 //     through at all, is always taken to be the quota's.
 //
@@ -69,6 +69,7 @@ type Pacer struct {
 	outcomes     [50]bool // whether each of the latest answers was a throttle, a ring
 	noutcomes    int
 	throttleSeen bool
+	cleanRate    float64 // the rate of the last clean window (at first, the ceiling)
 
 	win       window
 	lastWin   window // the last window that ended
@@ -182,6 +183,7 @@ func newPacer(ceiling float64, burst int, clock pacerClock) *Pacer {
 		// (which accrues as calls go slower than the rate): replicas
 		// starting together do not open with a burst each.
 		p.rate = p.ceiling
+		p.cleanRate = p.ceiling
 		p.tat = now.Add(time.Duration((p.burst - 1) * float64(p.interval())))
 	}
 	return p
@@ -406,6 +408,7 @@ func (p *Pacer) Observe(sent time.Time, o Outcome) {
 		p.throttleSeen = true
 		if p.rate <= 0 { // no ceiling: start from the rate calls were sent at
 			p.rate = p.sendRate(now)
+			p.cleanRate = p.rate
 			p.tat = now
 		}
 		p.startEpisode(now)
@@ -512,6 +515,9 @@ func (p *Pacer) endWindow(now, end time.Time) {
 	if ep := p.episode; ep != nil && ep.calls >= episodeCalls && !w.start.Before(ep.start) {
 		p.judge(now, end, ep, w)
 	}
+	if w.throttled == 0 {
+		p.cleanRate = p.rate
+	}
 	if w.throttled == 0 || !end.After(p.holdUntil) {
 		// Clean, or throttled by what is not ours: room to grow.
 		saturated := w.waited*4 >= w.sent && w.sent > 0
@@ -572,7 +578,7 @@ func (p *Pacer) judge(now, end time.Time, ep *episode, w window) {
 		// through fell with the rate: the throttling is not caused by
 		// this rate (against a quota, what gets through stays the
 		// quota), and the lower rate only lowers what gets through.
-		p.setRate(now, ep.rate)
+		p.setRate(now, max(ep.rate, p.cleanRate))
 		p.holdUntil = end.Add(holdWindows * pacerWindow)
 		p.episode = nil
 	default:
