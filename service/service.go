@@ -19,6 +19,7 @@ type Service struct {
 	logger        *slog.Logger
 	meterProvider metric.MeterProvider
 	metrics       instruments
+	tokens        *TokenKeys
 }
 
 var _ imagerecordsv1connect.ImageRecordsServiceHandler = (*Service)(nil)
@@ -31,11 +32,22 @@ func WithLogger(l *slog.Logger) Option {
 	return func(s *Service) { s.logger = l }
 }
 
+// WithTokenKeys sets the keys that seal and open page and resume tokens.
+// Every replica behind one address needs the same keys, so that a token
+// one of them issued opens on any other. Default: a random key of this
+// process ([RandomTokenKeys]).
+func WithTokenKeys(k *TokenKeys) Option {
+	return func(s *Service) { s.tokens = k }
+}
+
 // New returns a service that reads records through api.
 func New(api upstream.API, opts ...Option) *Service {
 	s := &Service{api: api, logger: slog.New(slog.DiscardHandler), meterProvider: defaultMeterProvider()}
 	for _, opt := range opts {
 		opt(s)
+	}
+	if s.tokens == nil {
+		s.tokens = RandomTokenKeys()
 	}
 	s.metrics = newInstruments(s.meterProvider)
 	return s
@@ -51,7 +63,7 @@ func (s *Service) ListImageModifiedRecords(ctx context.Context, req *connect.Req
 	var v violations
 	v.checkDesktop(region, desktop)
 	pageSize := checkPageSize(&v, msg.GetPageSize())
-	pos := v.checkToken(region, desktop, msg.GetPageToken())
+	pos := v.checkToken(s.tokens, region, desktop, msg.GetPageToken())
 	if err := v.err(); err != nil {
 		return nil, err
 	}
@@ -66,7 +78,7 @@ func (s *Service) ListImageModifiedRecords(ctx context.Context, req *connect.Req
 		s.metrics.records.Add(ctx, int64(len(page.Records)), methodList)
 		return connect.NewResponse(&imagerecordsv1.ListImageModifiedRecordsResponse{
 			Records:       convertRecords(page.Records),
-			NextPageToken: encodeToken(region, desktop, page.Resume),
+			NextPageToken: s.tokens.sealCursor(region, desktop, page.Resume),
 			TotalCount:    int32(page.TotalCount),
 			RequestId:     page.RequestID,
 		}), nil // one upstream call: the first page is the answer
@@ -86,7 +98,7 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 	var v violations
 	v.checkDesktop(region, desktop)
 	limit := checkMaxRecords(&v, msg.GetMaxRecords())
-	pos := v.checkToken(region, desktop, msg.GetPageToken())
+	pos := v.checkToken(s.tokens, region, desktop, msg.GetPageToken())
 	if err := v.err(); err != nil {
 		return err
 	}
@@ -100,7 +112,7 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 		}
 		out := &imagerecordsv1.StreamImageModifiedRecordsResponse{
 			Records:     convertRecords(page.Records),
-			ResumeToken: encodeToken(region, desktop, page.Resume), // "" when nothing follows
+			ResumeToken: s.tokens.sealCursor(region, desktop, page.Resume), // "" when nothing follows
 			TotalCount:  int32(page.TotalCount),
 			RequestId:   page.RequestID,
 		}
