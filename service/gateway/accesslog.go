@@ -12,8 +12,9 @@ import (
 	"github.com/imagerecords/imagerecords/upstream"
 )
 
-// accessLog writes one line per RPC: method, protocol, code, duration,
-// records delivered and upstream calls made. It runs inside the tracing
+// accessLog writes one line per RPC: the caller (peer and bearer token
+// id, never the token), method, protocol, code, duration, records
+// delivered and upstream calls made. It runs inside the tracing
 // interceptor, so the line carries the RPC's trace_id.
 type accessLog struct{ logger *slog.Logger }
 
@@ -68,7 +69,7 @@ func (c *countingConn) Send(msg any) error {
 
 func (a accessLog) log(ctx context.Context, spec connect.Spec, protocol string, start time.Time, err error, records, messages int, stats *upstream.CallStats) {
 	code, level := "ok", slog.LevelInfo
-	attrs := make([]slog.Attr, 0, 10)
+	attrs := make([]slog.Attr, 0, 12)
 	if err != nil {
 		c := connect.CodeOf(err)
 		code = c.String()
@@ -83,6 +84,11 @@ func (a accessLog) log(ctx context.Context, spec connect.Spec, protocol string, 
 			msg = cerr.Message()
 		}
 		attrs = append(attrs, slog.String("error", msg))
+	}
+	who := callerFrom(ctx)
+	attrs = append(attrs, slog.String("peer", who.peer))
+	if who.tokenID != "" {
+		attrs = append(attrs, slog.String("token_id", who.tokenID))
 	}
 	attrs = append(attrs,
 		slog.String("procedure", spec.Procedure),

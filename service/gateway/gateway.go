@@ -36,6 +36,7 @@ type Gateway struct {
 	auth     *bearerAuth // nil without Config.AuthTokensFile
 	tls      *tls.Config // nil for cleartext
 	chain    []string
+	hardened *hardening
 	draining atomic.Bool
 	// inflight counts the service handler's requests in progress.
 	inflight sync.WaitGroup
@@ -66,6 +67,9 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry) (*Ga
 	if g.tls, err = serverTLS(cfg); err != nil {
 		return nil, err
 	}
+	if g.hardened, err = newHardening(cfg, logger, tel); err != nil {
+		return nil, err
+	}
 	otelOpts := []otelconnect.Option{
 		otelconnect.WithTracerProvider(tel.TracerProvider),
 		otelconnect.WithMeterProvider(tel.MeterProvider),
@@ -83,12 +87,9 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry) (*Ga
 		{"access-log", accessLog{logger: logger}.interceptor()},
 		{"lifecycle", lifecycle(g)},
 	}
-	if g.auth != nil {
-		interceptors = append(interceptors, namedInterceptor{"bearer-auth", g.auth.interceptor()})
-	}
 	opts := []namedOption{
 		{"compress-min-bytes=" + strconv.Itoa(cfg.CompressMinBytes), responseCompression(cfg.CompressMinBytes)},
-		{"compression=gzip(best-speed)", connect.WithCompression("gzip", newGzipReader, newGzipWriter)},
+		{"compression=gzip(best-speed)", connect.WithCompression("gzip", newBoundedGzipReader(int64(cfg.MaxRequestBytes)), newGzipWriter)},
 		{"read-max-bytes=" + strconv.Itoa(cfg.MaxRequestBytes), connect.WithReadMaxBytes(cfg.MaxRequestBytes)},
 		{"recover", connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.LogAttrs(ctx, slog.LevelError, "panic in handler", slog.String("procedure", spec.Procedure), slog.Any("panic", p))
@@ -107,24 +108,22 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry) (*Ga
 		handlerOpts = append(handlerOpts, o.option)
 	}
 
-	svc := service.New(api, service.WithLogger(logger), service.WithMeterProvider(tel.MeterProvider))
+	svc := service.New(g.hardened.upstream(api), append(g.hardened.serviceOptions(), service.WithLogger(logger), service.WithMeterProvider(tel.MeterProvider))...)
 	mux := http.NewServeMux()
 	mux.Handle(imagerecordsv1connect.NewImageRecordsServiceHandler(svc, handlerOpts...))
-	mux.Handle(grpchealth.NewHandler(g.health))
+	mux.Handle(grpchealth.NewHandler(g.health, g.hardened.readLimits()...))
 	if cfg.Reflection {
 		reflector := grpcreflect.NewStaticReflector(imagerecordsv1connect.ImageRecordsServiceName)
-		reflOpts := []connect.HandlerOption{connect.WithReadMaxBytes(cfg.MaxRequestBytes)}
-		if g.auth != nil {
-			reflOpts = append(reflOpts, connect.WithInterceptors(g.auth.interceptor()))
-		}
+		reflOpts := g.hardened.readLimits()
 		mux.Handle(grpcreflect.NewHandlerV1(reflector, reflOpts...))
 		mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, reflOpts...))
 		g.chain = append(g.chain, "reflection")
 	}
+	served := g.hardened.handler(mux, g.auth, &g.chain)
 	g.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		g.inflight.Add(1)
 		defer g.inflight.Done()
-		mux.ServeHTTP(w, r)
+		served.ServeHTTP(w, r)
 	})
 
 	admin := http.NewServeMux()
@@ -189,19 +188,26 @@ func (g *Gateway) WaitIdle() { g.inflight.Wait() }
 func (g *Gateway) Draining() bool { return g.draining.Load() }
 
 // Reload re-reads what can change while the gateway runs: the bearer
-// tokens file. A failed reload keeps what is in force. The daemon calls it
-// on SIGHUP.
+// tokens file and the token key file. A failed reload keeps what is in
+// force. The daemon calls it on SIGHUP; it logs what it did.
 func (g *Gateway) Reload() error {
-	if g.auth == nil {
-		g.logger.Info("reload: nothing to reload (no --auth-tokens-file)")
-		return nil
+	var errs []error
+	if g.auth != nil {
+		if err := g.auth.reload(); err != nil {
+			g.logger.Error("auth tokens not reloaded; the previous tokens stay in force", slog.String("error", err.Error()))
+			errs = append(errs, err)
+		} else {
+			g.logger.Info("auth tokens reloaded", slog.Int("tokens", g.auth.tokens()))
+		}
 	}
-	if err := g.auth.reload(); err != nil {
-		g.logger.Error("auth tokens not reloaded; the previous tokens stay in force", slog.String("error", err.Error()))
-		return err
+	keyFile, err := g.hardened.reload(g.logger)
+	if err != nil {
+		errs = append(errs, err)
 	}
-	g.logger.Info("auth tokens reloaded", slog.Int("tokens", g.auth.tokens()))
-	return nil
+	if g.auth == nil && !keyFile {
+		g.logger.Info("reload: nothing to reload (no --auth-tokens-file, no --token-key-file)")
+	}
+	return errors.Join(errs...)
 }
 
 // responseCompression compresses responses of at least minBytes when the
@@ -215,8 +221,6 @@ func responseCompression(minBytes int) connect.HandlerOption {
 	}
 	return connect.WithCompressMinBytes(minBytes)
 }
-
-func newGzipReader() connect.Decompressor { return &gzip.Reader{} }
 
 // newGzipWriter compresses at the fastest level: records compress well even
 // so, for a fraction of the default level's CPU.

@@ -34,6 +34,9 @@ func (g *Gateway) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	base, cancelBase := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelBase(nil)
 	srv := g.server(base)
+	limited := g.hardened.listener(ln) // connection limits (hardening.go)
+	g.hardened.server(srv, limited)
+	ln = limited
 	served := make(chan error, 1)
 	go func() {
 		if g.tls != nil {
@@ -62,6 +65,7 @@ func (g *Gateway) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	g.draining.Store(true)
 	g.health.SetStatus("", grpchealth.StatusNotServing)
 	g.health.SetStatus(imagerecordsv1connect.ImageRecordsServiceName, grpchealth.StatusNotServing)
+	g.hardened.watches.drain() // health Watch streams end after their NOT_SERVING
 	grace := g.cfg.ShutdownGrace
 	g.logger.Info("shutting down: draining in-flight requests", slog.Duration("grace", grace))
 	start := time.Now()

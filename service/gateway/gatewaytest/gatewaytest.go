@@ -292,6 +292,22 @@ func H2C() *http.Client {
 	return &http.Client{Transport: &http.Transport{Protocols: &p}}
 }
 
+// H2CFrom is H2C with connections from the loopback address localIP
+// (127.0.0.2, 127.0.0.3, ...: Linux routes all of 127.0.0.0/8 to the
+// loopback interface), so a test can be several peers of the gateway's
+// per-peer limits; tune, when not nil, adjusts the transport (say, its
+// HTTP/2 receive window).
+func H2CFrom(localIP string, tune func(*http.Transport)) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(localIP)}}
+	c := H2C()
+	t := c.Transport.(*http.Transport)
+	t.DialContext = d.DialContext
+	if tune != nil {
+		tune(t)
+	}
+	return c
+}
+
 // ClientOf is an ImageRecordsService client of the gateway at addr
 // (host:port) over h2c.
 func ClientOf(addr string, opts ...connect.ClientOption) imagerecordsv1connect.ImageRecordsServiceClient {

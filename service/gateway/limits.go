@@ -1,0 +1,198 @@
+package gateway
+
+import (
+	"container/list"
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// connLimiter is the gateway's listener: it bounds the open connections in
+// all (Config.MaxConnections) and per remote address
+// (Config.MaxConnectionsPerPeer; an IPv6 address counts by its /64, and
+// trusted proxies are exempt), so that a flood of connections meets a
+// clear refusal instead of taking every file descriptor.
+//
+// At the global cap, a new connection closes the connection that has been
+// idle longest (no request in progress, no HTTP/2 stream open, or no
+// request yet) to make room, so connections that do nothing cannot lock
+// out callers who would; only when every connection is busy is the new
+// one refused. A refused connection gets a short HTTP/1.1 503 (cleartext)
+// or is closed (TLS), and the refusal is counted and logged (rate-limited).
+type connLimiter struct {
+	net.Listener
+	max, perPeer int
+	trusted      []netip.Prefix
+	tls          bool
+	refusals     *refusalLog
+
+	mu     sync.Mutex
+	open   int
+	byPeer map[string]int
+	idle   list.List // of *limitedConn, the longest idle first
+}
+
+// limitedConn is a connection the limiter admitted.
+type limitedConn struct {
+	net.Conn
+	l        *connLimiter
+	peer     string
+	exempt   bool
+	idleAt   *list.Element // in l.idle while idle; nil while busy
+	released bool          // its place is given back (closed or evicted)
+}
+
+func newConnLimiter(ln net.Listener, cfg Config, refusals *refusalLog) *connLimiter {
+	return &connLimiter{
+		Listener: ln,
+		max:      cfg.MaxConnections,
+		perPeer:  cfg.MaxConnectionsPerPeer,
+		trusted:  cfg.TrustedProxies,
+		tls:      cfg.TLSCert != "",
+		refusals: refusals,
+		byPeer:   map[string]int{},
+	}
+}
+
+// Accept returns the next connection within the limits, refusing those
+// beyond them.
+func (l *connLimiter) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		lc, evicted, reason := l.admit(c)
+		if evicted != nil {
+			l.refusals.record(context.Background(), reasonIdleEvicted, evicted.peer, evicted.RemoteAddr().String())
+			_ = evicted.Conn.Close()
+		}
+		if lc != nil {
+			return lc, nil
+		}
+		peer := addressPeer(c.RemoteAddr().String())
+		l.refusals.record(context.Background(), reason, peer, c.RemoteAddr().String())
+		l.refuse(c, reason)
+	}
+}
+
+// admit takes c into the limits, or says why not; evicted, when not nil,
+// is an idle connection that gave its place to c and must be closed.
+func (l *connLimiter) admit(c net.Conn) (lc *limitedConn, evicted *limitedConn, reason string) {
+	ip, ok := remoteIP(c.RemoteAddr().String())
+	peer := c.RemoteAddr().String()
+	if ok {
+		peer = ipPeer(ip)
+	}
+	exempt := ok && l.trustedProxy(ip)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !exempt && l.byPeer[peer] >= l.perPeer {
+		return nil, nil, reasonConnectionsPerPeer
+	}
+	if l.open >= l.max {
+		front := l.idle.Front()
+		if front == nil {
+			return nil, nil, reasonConnections
+		}
+		evicted = front.Value.(*limitedConn)
+		l.releaseLocked(evicted)
+	}
+	lc = &limitedConn{Conn: c, l: l, peer: peer, exempt: exempt}
+	l.open++
+	if !exempt {
+		l.byPeer[peer]++
+	}
+	lc.idleAt = l.idle.PushBack(lc) // nothing requested yet
+	return lc, evicted, ""
+}
+
+func (l *connLimiter) trustedProxy(ip netip.Addr) bool {
+	for _, p := range l.trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// releaseLocked gives c's place back, once.
+func (l *connLimiter) releaseLocked(c *limitedConn) {
+	if c.released {
+		return
+	}
+	c.released = true
+	if c.idleAt != nil {
+		l.idle.Remove(c.idleAt)
+		c.idleAt = nil
+	}
+	l.open--
+	if !c.exempt {
+		if l.byPeer[c.peer]--; l.byPeer[c.peer] <= 0 {
+			delete(l.byPeer, c.peer)
+		}
+	}
+}
+
+// refusalBody is what a refused cleartext connection reads.
+const refusalBody = "the gateway has too many connections (from you, or in all); retry later or reuse a connection\n"
+
+// refuse tells a refused connection why, as far as it can without reading
+// from it, and closes it.
+func (l *connLimiter) refuse(c net.Conn, reason string) {
+	if !l.tls {
+		_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		_, _ = c.Write([]byte("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n" +
+			"X-Refused: " + reason + "\r\nContent-Length: " + strconv.Itoa(len(refusalBody)) + "\r\n\r\n" + refusalBody))
+	}
+	_ = c.Close()
+}
+
+// Close gives the connection's place back and closes it.
+func (c *limitedConn) Close() error {
+	c.l.mu.Lock()
+	c.l.releaseLocked(c)
+	c.l.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// connState is the server's ConnState hook: it keeps the list of idle
+// connections that a new connection may evict at the global cap.
+func (l *connLimiter) connState(nc net.Conn, state http.ConnState) {
+	c := limitedOf(nc)
+	if c == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c.released {
+		return
+	}
+	switch state {
+	case http.StateActive:
+		if c.idleAt != nil {
+			l.idle.Remove(c.idleAt)
+			c.idleAt = nil
+		}
+	case http.StateNew, http.StateIdle:
+		if c.idleAt == nil {
+			c.idleAt = l.idle.PushBack(c)
+		}
+	case http.StateHijacked, http.StateClosed:
+		l.releaseLocked(c)
+	}
+}
+
+// limitedOf is the admitted connection under nc (which TLS may wrap).
+func limitedOf(nc net.Conn) *limitedConn {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	c, _ := nc.(*limitedConn)
+	return c
+}
