@@ -21,6 +21,16 @@
 //  4. flat memory and backpressure: 1,000,000 records to a slow reader
 //  5. many callers: 1,000 concurrent streams of 1,000 records at 20 ms
 //  6. unary ListImageModifiedRecords at concurrency 64, no latency
+//  7. the attacks of issue 14 together (idle connection floods,
+//     never-reading streams, unauthenticated health Watch, gzip bombs,
+//     forged page tokens, slow request bodies, SIGHUP) for -s7-duration
+//     against the gateway in a process of its own at its defaults, while a
+//     legitimate caller lists and streams: its success rate and p99, and the
+//     gateway's RSS before, at its peak and after. Not run by default:
+//     -scenarios 7.
+//
+// "imagerecords-bench serve-gateway [gateway flags]" is the gateway process
+// of scenario 7.
 package main
 
 import (
@@ -64,6 +74,8 @@ type options struct {
 	s6Concurrency int
 	s6Duration    time.Duration
 	s6Unloaded    time.Duration
+	s7Duration    time.Duration
+	s7After       time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -95,6 +107,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.s6Concurrency, "s6-concurrency", 64, "scenario 6: concurrent callers")
 	fs.DurationVar(&o.s6Duration, "s6-duration", 10*time.Second, "scenario 6: duration of each side's run")
 	fs.DurationVar(&o.s6Unloaded, "s6-unloaded", 2*time.Second, "scenario 6: duration of each side's extra run at concurrency 1 (0 skips it)")
+	fs.DurationVar(&o.s7Duration, "s7-duration", 60*time.Second, "scenario 7: how long the attacks last")
+	fs.DurationVar(&o.s7After, "s7-after", 30*time.Second, "scenario 7: how long after the attack the gateway's RSS is read again")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -106,7 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-scenarios: %w", err)
 	}
 	for _, n := range o.scenarios {
-		if n < 1 || n > 6 {
+		if n < 1 || n > 7 {
 			return o, fmt.Errorf("-scenarios: there is no scenario %d", n)
 		}
 	}
@@ -134,6 +148,9 @@ func parseInts(s string) ([]int, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == serveGatewayCommand {
+		os.Exit(serveGateway(os.Args[2:]))
+	}
 	o, err := parseFlags(os.Args[1:], os.Stderr)
 	if err != nil {
 		if err != flag.ErrHelp {
@@ -156,6 +173,7 @@ func run(o options, stdout, stderr io.Writer) error {
 		4: scenarioMemory,
 		5: scenarioManyCallers,
 		6: scenarioUnary,
+		7: scenarioAttack,
 	}
 	order := slices.Sorted(slices.Values(o.scenarios))
 	reports := map[int]*report{}

@@ -175,23 +175,44 @@ func TestConnectionFloodIsRefused(t *testing.T) {
 			t.Fatalf("another peer's call during the flood: %v", err)
 		}
 	})
-	t.Run("past the global cap, idle connections make room", func(t *testing.T) {
+	t.Run("past the global cap, the flood's idle connections make room", func(t *testing.T) {
 		t.Parallel()
 		// A cap of 32 instead of 4096 keeps the flood (and the test's file
 		// descriptors) small; the rule is the same at any size.
 		const max = 32
 		h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Args: []string{"--max-connections", "32"}})
+		// A quiet caller's keep-alive connection, idle before the flood
+		// began: the longest idle of all, yet not the one to go.
+		quiet := dialFrom(t, h, "127.0.0.1")
+		quietReader := bufio.NewReader(quiet)
+		get := func() error {
+			if _, err := io.WriteString(quiet, "GET /no-such-path HTTP/1.1\r\nHost: gateway\r\n\r\n"); err != nil {
+				return err
+			}
+			res, err := http.ReadResponse(quietReader, nil)
+			if err != nil {
+				return err
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			return res.Body.Close()
+		}
+		if err := get(); err != nil {
+			t.Fatal(err)
+		}
 		var flood []net.Conn
 		for i := range 2 * max {
 			flood = append(flood, dialFrom(t, h, fmt.Sprintf("127.0.0.%d", 2+i%4)))
 		}
-		// Each connection past the cap closed the one idle longest: the
-		// first half, in order.
-		for _, c := range flood[:max] {
+		// Each connection past the cap closed the longest idle one of the
+		// peer with the most: the first half of the flood.
+		for _, c := range flood[:max-1] {
 			waitClosed(t, c, 10*time.Second)
 		}
+		if err := get(); err != nil {
+			t.Errorf("the quiet caller's connection after the flood: %v", err)
+		}
 		if err := listFrom(t.Context(), h, "127.0.0.1"); err != nil {
-			t.Fatalf("a call with the cap full of idle connections: %v", err)
+			t.Fatalf("a new call with the cap full of idle connections: %v", err)
 		}
 	})
 	t.Run("past the global cap, all busy: refused", func(t *testing.T) {

@@ -16,7 +16,7 @@ import (
 // callers (issue 14): connection limits ([connLimiter]), auth before any
 // body is read and the caller's identity ([front]), stream limits, stalls
 // and slow requests ([requestGuard]), a per-peer share of the upstream
-// rate ([upstreamShare]), bounded inflating ([boundedGzipReader]) and the
+// rate ([upstreamTurns]), bounded inflating ([boundedGzipReader]) and the
 // keys of page tokens ([tokenKeyFile]).
 type hardening struct {
 	cfg       Config
@@ -90,13 +90,13 @@ func (h *hardening) readLimits() []connect.HandlerOption {
 	}
 }
 
-// upstream returns the API the service calls: api behind a per-peer share
-// of the rate limit, when there is one.
+// upstream returns the API the service calls: api behind turns per peer
+// at the rate limit, when there is one.
 func (h *hardening) upstream(api upstream.API) upstream.API {
 	if h.cfg.UpstreamQPS <= 0 {
 		return api
 	}
-	return newUpstreamShare(api, h.cfg.UpstreamBurst)
+	return newUpstreamTurns(api, h.cfg.UpstreamQPS, h.cfg.UpstreamBurst)
 }
 
 // serviceOptions are the service's options of the hardening: its token keys.

@@ -18,11 +18,12 @@ import (
 // trusted proxies are exempt), so that a flood of connections meets a
 // clear refusal instead of taking every file descriptor.
 //
-// At the global cap, a new connection closes the connection that has been
-// idle longest (no request in progress, no HTTP/2 stream open, or no
-// request yet) to make room, so connections that do nothing cannot lock
-// out callers who would; only when every connection is busy is the new
-// one refused. A refused connection gets a short HTTP/1.1 503 (cleartext)
+// At the global cap, a new connection closes an idle connection (no
+// request in progress, no HTTP/2 stream open, or no request yet) of the
+// peer that holds the most connections, the one idle longest, to make
+// room: connections that do nothing cannot lock out callers who would, and
+// a flood from a few addresses evicts its own connections, not a quiet
+// caller's. Only when every connection is busy is the new one refused. A refused connection gets a short HTTP/1.1 503 (cleartext)
 // or is closed (TLS), and the refusal is counted and logged (rate-limited).
 type connLimiter struct {
 	net.Listener
@@ -31,10 +32,15 @@ type connLimiter struct {
 	tls          bool
 	refusals     *refusalLog
 
-	mu     sync.Mutex
-	open   int
-	byPeer map[string]int
-	idle   list.List // of *limitedConn, the longest idle first
+	mu    sync.Mutex
+	open  int
+	peers map[string]*peerConns
+}
+
+// peerConns are the connections of one peer.
+type peerConns struct {
+	open int
+	idle list.List // of *limitedConn, the longest idle first
 }
 
 // limitedConn is a connection the limiter admitted.
@@ -43,7 +49,7 @@ type limitedConn struct {
 	l        *connLimiter
 	peer     string
 	exempt   bool
-	idleAt   *list.Element // in l.idle while idle; nil while busy
+	idleAt   *list.Element // in its peer's idle list while idle; nil while busy
 	released bool          // its place is given back (closed or evicted)
 }
 
@@ -55,7 +61,7 @@ func newConnLimiter(ln net.Listener, cfg Config, refusals *refusalLog) *connLimi
 		trusted:  cfg.TrustedProxies,
 		tls:      cfg.TLSCert != "",
 		refusals: refusals,
-		byPeer:   map[string]int{},
+		peers:    map[string]*peerConns{},
 	}
 }
 
@@ -92,24 +98,48 @@ func (l *connLimiter) admit(c net.Conn) (lc *limitedConn, evicted *limitedConn, 
 	exempt := ok && l.trustedProxy(ip)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !exempt && l.byPeer[peer] >= l.perPeer {
+	pc := l.peers[peer]
+	if pc == nil {
+		pc = &peerConns{}
+		l.peers[peer] = pc
+	}
+	if !exempt && pc.open >= l.perPeer {
+		l.forgetIfEmptyLocked(peer, pc)
 		return nil, nil, reasonConnectionsPerPeer
 	}
 	if l.open >= l.max {
-		front := l.idle.Front()
-		if front == nil {
+		if evicted = l.evictableLocked(); evicted == nil {
+			l.forgetIfEmptyLocked(peer, pc)
 			return nil, nil, reasonConnections
 		}
-		evicted = front.Value.(*limitedConn)
 		l.releaseLocked(evicted)
 	}
 	lc = &limitedConn{Conn: c, l: l, peer: peer, exempt: exempt}
 	l.open++
-	if !exempt {
-		l.byPeer[peer]++
-	}
-	lc.idleAt = l.idle.PushBack(lc) // nothing requested yet
+	pc.open++
+	lc.idleAt = pc.idle.PushBack(lc) // nothing requested yet
 	return lc, evicted, ""
+}
+
+// evictableLocked is the connection to close for room: the longest idle
+// of the peer with the most connections that has an idle one.
+func (l *connLimiter) evictableLocked() *limitedConn {
+	var most *peerConns
+	for _, pc := range l.peers {
+		if pc.idle.Len() > 0 && (most == nil || pc.open > most.open) {
+			most = pc
+		}
+	}
+	if most == nil {
+		return nil
+	}
+	return most.idle.Front().Value.(*limitedConn)
+}
+
+func (l *connLimiter) forgetIfEmptyLocked(peer string, pc *peerConns) {
+	if pc.open == 0 {
+		delete(l.peers, peer)
+	}
 }
 
 func (l *connLimiter) trustedProxy(ip netip.Addr) bool {
@@ -127,16 +157,14 @@ func (l *connLimiter) releaseLocked(c *limitedConn) {
 		return
 	}
 	c.released = true
+	pc := l.peers[c.peer]
 	if c.idleAt != nil {
-		l.idle.Remove(c.idleAt)
+		pc.idle.Remove(c.idleAt)
 		c.idleAt = nil
 	}
 	l.open--
-	if !c.exempt {
-		if l.byPeer[c.peer]--; l.byPeer[c.peer] <= 0 {
-			delete(l.byPeer, c.peer)
-		}
-	}
+	pc.open--
+	l.forgetIfEmptyLocked(c.peer, pc)
 }
 
 // refusalBody is what a refused cleartext connection reads.
@@ -173,15 +201,16 @@ func (l *connLimiter) connState(nc net.Conn, state http.ConnState) {
 	if c.released {
 		return
 	}
+	pc := l.peers[c.peer]
 	switch state {
 	case http.StateActive:
 		if c.idleAt != nil {
-			l.idle.Remove(c.idleAt)
+			pc.idle.Remove(c.idleAt)
 			c.idleAt = nil
 		}
 	case http.StateNew, http.StateIdle:
 		if c.idleAt == nil {
-			c.idleAt = l.idle.PushBack(c)
+			c.idleAt = pc.idle.PushBack(c)
 		}
 	case http.StateHijacked, http.StateClosed:
 		l.releaseLocked(c)

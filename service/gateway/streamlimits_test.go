@@ -111,18 +111,30 @@ func TestStalledStreamsAreCut(t *testing.T) {
 		})
 	}
 	// The attack: all at once (opening a stream returns once its first
-	// page is fetched).
-	attacker := clientFrom(h, "127.0.0.2", 1)
+	// page is fetched), as two connections of 250 streams each: a client
+	// that held to no connection limit would dial a connection per stream
+	// and meet the per-peer connection cap instead.
 	streams := make([]*connect.ServerStreamForClient[gatewaytest.StreamMessage], attackers)
 	var opened sync.WaitGroup
-	for i := range streams {
-		opened.Go(func() {
-			s, err := attacker.StreamImageModifiedRecords(ctx, streamRequest(hugeDesktop, ""))
-			if err != nil {
-				t.Error(err)
-			}
-			streams[i] = s
-		})
+	for conn := range 2 {
+		attacker := imagerecordsv1connect.NewImageRecordsServiceClient(gatewaytest.H2CFrom("127.0.0.2", func(t *http.Transport) {
+			t.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: 1, StrictMaxConcurrentRequests: true}
+		}), h.URL, connect.WithGRPC())
+		first := conn * attackers / 2
+		// The first stream on its own, so that the others find its
+		// connection instead of each dialing one.
+		if streams[first], err = attacker.StreamImageModifiedRecords(ctx, streamRequest(hugeDesktop, "")); err != nil {
+			t.Fatal(err)
+		}
+		for i := first + 1; i < first+attackers/2; i++ {
+			opened.Go(func() {
+				s, err := attacker.StreamImageModifiedRecords(ctx, streamRequest(hugeDesktop, ""))
+				if err != nil {
+					t.Error(err)
+				}
+				streams[i] = s
+			})
+		}
 	}
 	opened.Wait()
 	select {

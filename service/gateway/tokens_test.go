@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"hash/fnv"
 	"io"
 	"net/http"
@@ -194,14 +193,15 @@ func TestTokenKeyRotationOnReload(t *testing.T) {
 }
 
 // TestRateLimitWaitPastTheDeadlineIsDeadlineExceeded: at the default rate
-// limit (100/s), with a queue of calls from ten other peers, a call whose
-// deadline is shorter than the queue fails at once with DeadlineExceeded
-// (the wait could not end in time), never with Unavailable /
-// UPSTREAM_UNREACHABLE, and never reaches the upstream.
+// limit (100/s), with two seconds of calls queued by one peer, that peer's
+// next call, whose deadline is shorter than its queue, fails at once with
+// DeadlineExceeded (the wait could not end in time), never with
+// Unavailable / UPSTREAM_UNREACHABLE, and never reaches the upstream;
+// another peer's call with the same deadline takes its turn and succeeds.
 func TestRateLimitWaitPastTheDeadlineIsDeadlineExceeded(t *testing.T) {
 	t.Parallel()
 	const probeDesktop = "ecd-probe0000000001"
-	const peers, perPeer = 10, 20 // 200 queued calls: two seconds of the limit
+	const queued = 200 // two seconds of the limit
 	started := make(chan struct{})
 	var once sync.Once
 	h := gatewaytest.New(t, gatewaytest.Config{
@@ -213,8 +213,8 @@ func TestRateLimitWaitPastTheDeadlineIsDeadlineExceeded(t *testing.T) {
 				next.ServeHTTP(w, r)
 				mu.Lock()
 				defer mu.Unlock()
-				// The burst of 20 went through and the limit now paces:
-				// every other call is waiting in its queue.
+				// The burst of 20 went through and the limit paces the
+				// rest: every other call of the load is queued.
 				if served++; served == 30 {
 					once.Do(func() { close(started) })
 				}
@@ -223,12 +223,10 @@ func TestRateLimitWaitPastTheDeadlineIsDeadlineExceeded(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
+	busy := clientFrom(h, "127.0.0.2", 0)
 	var load sync.WaitGroup
-	for p := range peers {
-		c := clientFrom(h, fmt.Sprintf("127.0.0.%d", 2+p), 0)
-		for range perPeer {
-			load.Go(func() { _, _ = listPage(ctx, c, bigDesktop, "") })
-		}
+	for range queued {
+		load.Go(func() { _, _ = listPage(ctx, busy, bigDesktop, "") })
 	}
 	select {
 	case <-started:
@@ -236,16 +234,20 @@ func TestRateLimitWaitPastTheDeadlineIsDeadlineExceeded(t *testing.T) {
 		t.Fatal("the load never reached the upstream")
 	}
 
-	probeCtx, cancelProbe := context.WithTimeout(ctx, 300*time.Millisecond)
-	defer cancelProbe()
-	_, err := listPage(probeCtx, clientFrom(h, "127.0.0.1", 0), probeDesktop, "")
-	if connect.CodeOf(err) != connect.CodeDeadlineExceeded {
-		t.Fatalf("a 300 ms call behind a 2 s queue: %v, want DeadlineExceeded", err)
+	probe := func(c imagerecordsv1connect.ImageRecordsServiceClient) (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := listPage(ctx, c, probeDesktop, "")
+		return time.Since(start), err
 	}
-	// The gateway's answer, not the client's own timer: it came before
-	// the deadline, from the server.
-	if !strings.Contains(err.Error(), "while calling the upstream") {
-		t.Errorf("the error %q is not the gateway's", err)
+	took, err := probe(busy)
+	if connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+		t.Fatalf("a 300 ms call behind its own 2 s queue: %v, want DeadlineExceeded", err)
+	}
+	// The gateway's answer, not the client's own timer: it came at once.
+	if !strings.Contains(err.Error(), "while calling the upstream") || took > 250*time.Millisecond {
+		t.Errorf("after %v: %q; want the gateway's answer at once", took, err)
 	}
 	if info, ok := gatewaytest.Detail[*errdetails.ErrorInfo](err); ok && info.GetReason() == "UPSTREAM_UNREACHABLE" {
 		t.Errorf("reported as %s", info.GetReason())
@@ -254,7 +256,10 @@ func TestRateLimitWaitPastTheDeadlineIsDeadlineExceeded(t *testing.T) {
 		t.Error("a RetryInfo on a deadline the caller set")
 	}
 	if calls := h.Sim.DesktopCalls(probeDesktop); calls != 0 {
-		t.Errorf("the probe reached the upstream %d times", calls)
+		t.Errorf("the refused call reached the upstream %d times", calls)
+	}
+	if took, err := probe(clientFrom(h, "127.0.0.3", 0)); err != nil {
+		t.Errorf("another peer's 300 ms call during the queue: %v after %v; want its turn", err, took)
 	}
 	load.Wait()
 }
