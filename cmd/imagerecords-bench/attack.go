@@ -3,11 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,7 +24,6 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
 	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
@@ -66,8 +63,7 @@ func serveGateway(args []string) int {
 // peer each; the legitimate caller is 127.0.0.1.
 const (
 	idleFloodPeers = 20 // 127.0.0.10..29: past the global connection cap together
-	stallPeerA     = "127.0.0.30"
-	stallPeerB     = "127.0.0.31"
+	stallPeers     = 10 // 127.0.0.30..39, each with a token of its own
 	watchPeer      = "127.0.0.40"
 	bombPeer       = "127.0.0.41"
 	insiderPeer    = "127.0.0.42" // holds a token: authenticated bombs, forged page tokens
@@ -75,17 +71,27 @@ const (
 	legitPeer      = "127.0.0.1"
 )
 
+const (
+	// h2cPreface is an HTTP/2 client's preface and an empty SETTINGS frame.
+	h2cPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+	// slowRequest is an HTTP/1.1 request whose body never completes.
+	slowRequest = "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+)
+
 // attackCounts are what the attackers saw.
 type attackCounts struct {
-	idleOpened, idleRefused, idleClosed  atomic.Int64
+	idle, slow                           rawCounts
 	stallOpened, stallRefused, stallCut  atomic.Int64
+	stallOther                           atomic.Int64
 	watchRefused, watchOther             atomic.Int64
 	bombRefused, bombOther               atomic.Int64
 	forgedRefused, forgedOther           atomic.Int64
-	slowOpened, slowClosed, sighups      atomic.Int64
+	sighups                              atomic.Int64
 	legitListOK, legitListFailed         atomic.Int64
 	legitStreamOK, legitStreamFailed     atomic.Int64
 	firstListError, firstStreamError     atomic.Pointer[string]
+	firstStallOther, firstBombOther      atomic.Pointer[string]
+	firstForgedOther                     atomic.Pointer[string]
 	legitListLatency, legitStreamLatency latencies
 }
 
@@ -210,18 +216,23 @@ func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return b.RoundTripper.RoundTrip(r)
 }
 
-// attackClient is a gRPC client from ip (with token when not empty; a
-// per-stream receive window when window > 0).
-func attackClient(url, ip, token string, window int) (imagerecordsv1connect.ImageRecordsServiceClient, *http.Client) {
+// h2cClient is an h2c client from ip that opens one connection and
+// keeps its streams on it (up to the gateway's 250 per connection): it
+// makes one health Check first, so that concurrent calls find that
+// connection instead of each dialing one. window > 0 sets its per-stream
+// receive window; token, when not empty, goes with every request.
+func h2cClient(ctx context.Context, url, ip, token string, window int) *http.Client {
 	hc := gatewaytest.H2CFrom(ip, func(t *http.Transport) {
+		t.HTTP2 = &http.HTTP2Config{StrictMaxConcurrentRequests: true}
 		if window > 0 {
-			t.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: window}
+			t.HTTP2.MaxReceiveBufferPerStream = window
 		}
 	})
 	if token != "" {
 		hc.Transport = bearerTransport{hc.Transport, token}
 	}
-	return imagerecordsv1connect.NewImageRecordsServiceClient(hc, url, connect.WithGRPC()), hc
+	_, _ = grpchealth.NewClient(hc, url, connect.WithGRPC()).Check(ctx, &grpchealth.CheckRequest{})
+	return hc
 }
 
 func scenarioAttack(o options, log io.Writer) (*report, error) {
@@ -230,9 +241,17 @@ func scenarioAttack(o options, log io.Writer) (*report, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	token := "legit-" + rand.Text()
+	// The legitimate caller and each insider (who has a token of its own
+	// and abuses it) have their own token.
+	token, insiderToken := rand.Text(), rand.Text()
+	tokensFile := fmt.Sprintf("legit %s\ninsider %s\n", token, insiderToken)
+	stallTokens := make([]string, stallPeers)
+	for i := range stallTokens {
+		stallTokens[i] = rand.Text()
+		tokensFile += fmt.Sprintf("stall-%d %s\n", i, stallTokens[i])
+	}
 	tokens, keys := filepath.Join(dir, "tokens"), filepath.Join(dir, "token-keys")
-	if err := os.WriteFile(tokens, []byte("legit "+token+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(tokens, []byte(tokensFile), 0o600); err != nil {
 		return nil, err
 	}
 	if err := os.WriteFile(keys, []byte(rand.Text()+rand.Text()+"\n"), 0o600); err != nil {
@@ -246,8 +265,9 @@ func scenarioAttack(o options, log io.Writer) (*report, error) {
 	defer func() { _ = gw.stop() }()
 	url := "http://" + gw.addr
 	desktops := ecdsim.DefaultDesktops(1)
-	legit, legitHTTP := attackClient(url, legitPeer, token, 0)
+	legitHTTP := h2cClient(context.Background(), url, legitPeer, token, 0)
 	defer legitHTTP.CloseIdleConnections()
+	legit := imagerecordsv1connect.NewImageRecordsServiceClient(legitHTTP, url, connect.WithGRPC())
 
 	// Warm up, then the baseline.
 	for range 20 {
@@ -268,22 +288,22 @@ func scenarioAttack(o options, log io.Writer) (*report, error) {
 	fmt.Fprintf(log, "  attacking for %v ...\n", o.s7Duration)
 	start := time.Now()
 	for i := range idleFloodPeers {
-		wg.Go(func() { idleFlood(ctx, gw.addr, fmt.Sprintf("127.0.0.%d", 10+i), 300, &c) })
+		wg.Go(func() { holdConnections(ctx, gw.addr, fmt.Sprintf("127.0.0.%d", 10+i), h2cPreface, 300, &c.idle) })
 	}
-	for _, peer := range []string{stallPeerA, stallPeerB} {
-		wg.Go(func() { stalledStreams(ctx, url, peer, token, 1000, desktops, &c) })
+	for i, tok := range stallTokens {
+		wg.Go(func() { stalledStreams(ctx, url, fmt.Sprintf("127.0.0.%d", 30+i), tok, 110, desktops, &c) })
 	}
 	wg.Go(func() { watchFlood(ctx, url, 10_000, &c) })
 	wg.Go(func() { bombs(ctx, url, bombPeer, "", 4, &c) })
-	wg.Go(func() { bombs(ctx, url, insiderPeer, token, 2, &c) })
-	wg.Go(func() { forgedTokens(ctx, url, token, 2, desktops[0].ID, &c) })
-	wg.Go(func() { slowBodies(ctx, gw.addr, 100, &c) })
+	wg.Go(func() { bombs(ctx, url, insiderPeer, insiderToken, 2, &c) })
+	wg.Go(func() { forgedTokens(ctx, url, insiderToken, 2, desktops[0].ID, &c) })
+	wg.Go(func() { holdConnections(ctx, gw.addr, slowBodyPeer, slowRequest, 100, &c.slow) })
 	wg.Go(func() { sighups(ctx, gw.cmd.Process, &c) })
 	for range 4 {
-		wg.Go(func() { legitLists(ctx, legit, desktops, &c) })
+		wg.Go(func() { legitLists(ctx.Done(), legit, desktops, &c) })
 	}
 	for range 2 {
-		wg.Go(func() { legitStreams(ctx, legit, desktops[0], &c) })
+		wg.Go(func() { legitStreams(ctx.Done(), legit, desktops[0], &c) })
 	}
 	peakDuring := uint64(0)
 	sampler := time.NewTicker(time.Second)
@@ -308,7 +328,12 @@ func scenarioAttack(o options, log io.Writer) (*report, error) {
 	// After: the attackers are gone (every connection closed); the
 	// gateway gets o.s7After to return to its baseline.
 	fmt.Fprintf(log, "  attack over; waiting %v ...\n", o.s7After)
-	time.Sleep(o.s7After)
+	for waited := time.Duration(0); waited < o.s7After; waited += 10 * time.Second {
+		time.Sleep(min(10*time.Second, o.s7After-waited))
+		if now, _, err := gw.rss(); err == nil {
+			fmt.Fprintf(log, "  RSS %v after: %.1f MiB\n", waited+min(10*time.Second, o.s7After-waited), float64(now)/(1<<20))
+		}
+	}
 	after, _, err := gw.rss()
 	if err != nil {
 		return nil, err
@@ -334,21 +359,27 @@ func scenarioAttack(o options, log io.Writer) (*report, error) {
 	add(fmt.Sprintf("legitimate streams of %d records succeeded (%d streams)", desktops[0].Records, streams), unitFloat, "%", streamRate, "100%", check(streamRate == 100))
 	add("legitimate stream p99 (13 pages at the shared 100/s)", unitDuration, "", seconds(percentile(streamLat, 99)), "", noTarget)
 	add("gateway RSS before the attack", unitBytes, "", float64(baseline), "", noTarget)
-	add("gateway RSS peak (VmHWM)", unitBytes, "", float64(max(peak, peakDuring)), "≤ 256 MiB", check(max(peak, peakDuring) <= 256<<20))
-	add(fmt.Sprintf("gateway RSS %v after the attack", o.s7After), unitBytes, "", float64(after), "≤ 2 × before", check(after <= 2*baseline))
-	rep.note("attack time %.1f s; 20 peers × 300 idle h2c connections (opened %d, refused %d, closed by the gateway %d); "+
-		"2 peers × 1000 never-reading streams held 35 s each (opened %d; then found refused %d, cut %d); "+
+	top := max(peak, peakDuring)
+	add("gateway RSS peak (VmHWM)", unitBytes, "", float64(top), "≤ 384 MiB (¾ of a 512 MiB pod)", check(top <= 384<<20))
+	add(fmt.Sprintf("gateway RSS %v after the attack", o.s7After), unitBytes, "", float64(after), "≤ ¼ of the peak", check(after <= top/4))
+	rep.note("attack time %.1f s; 20 peers × 300 idle h2c connections (admitted %d, closed by the gateway %d, refused %d); "+
+		"10 peers × 110 never-reading streams held 35 s each, past the cap of 100 (opened %d; then found refused %d, cut %d; other %d); "+
 		"10,000 unauthenticated health Watch slots (refused %d, other %d); gzip bombs (refused %d, other %d); "+
-		"forged page tokens (refused %d, other %d); 100 slow request bodies (opened %d, closed by the gateway %d); SIGHUP %d times",
-		attackTime.Seconds(), c.idleOpened.Load(), c.idleRefused.Load(), c.idleClosed.Load(),
-		c.stallOpened.Load(), c.stallRefused.Load(), c.stallCut.Load(),
+		"forged page tokens (refused %d, other %d); 100 request bodies that never complete (answered and closed after a median %.1f s: %d; refused %d); SIGHUP %d times",
+		attackTime.Seconds(), c.idle.opened.Load(), c.idle.closed.Load(), c.idle.refused.Load(),
+		c.stallOpened.Load(), c.stallRefused.Load(), c.stallCut.Load(), c.stallOther.Load(),
 		c.watchRefused.Load(), c.watchOther.Load(), c.bombRefused.Load(), c.bombOther.Load(),
-		c.forgedRefused.Load(), c.forgedOther.Load(), c.slowOpened.Load(), c.slowClosed.Load(), c.sighups.Load())
+		c.forgedRefused.Load(), c.forgedOther.Load(), percentile(c.slow.held.sorted(), 50).Seconds(), c.slow.closed.Load(), c.slow.refused.Load(), c.sighups.Load())
 	if e := c.firstListError.Load(); e != nil {
 		rep.note("first legitimate List failure: %s", *e)
 	}
 	if e := c.firstStreamError.Load(); e != nil {
 		rep.note("first legitimate stream failure: %s", *e)
+	}
+	for what, p := range map[string]*atomic.Pointer[string]{"stalled stream": &c.firstStallOther, "bomb": &c.firstBombOther, "forged token": &c.firstForgedOther} {
+		if e := p.Load(); e != nil {
+			rep.note("first unexpected %s outcome: %s", what, *e)
+		}
 	}
 	rep.note("gateway refusals by reason (imagerecords_refusals_total): %s", refusals)
 	rep.note("the gateway runs in its own process (this program's %s mode: gateway.Run, as imagerecordsd) at its defaults, "+
@@ -367,9 +398,16 @@ func noteError(p *atomic.Pointer[string], err error) {
 	p.CompareAndSwap(nil, &s)
 }
 
-// idleFlood keeps n connections from ip that sent only the h2c preface,
-// redialing those the gateway closes or refuses.
-func idleFlood(ctx context.Context, addr, ip string, n int, c *attackCounts) {
+// rawCounts are what connections held by holdConnections saw.
+type rawCounts struct {
+	opened, refused, closed atomic.Int64
+	held                    latencies // from the greeting to the gateway's close
+}
+
+// holdConnections keeps n connections from ip that send greeting and
+// then nothing, opening a new one a second after the gateway closes or
+// refuses one.
+func holdConnections(ctx context.Context, addr, ip, greeting string, n int, c *rawCounts) {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
 	var wg sync.WaitGroup
 	for range n {
@@ -377,20 +415,22 @@ func idleFlood(ctx context.Context, addr, ip string, n int, c *attackCounts) {
 			for ctx.Err() == nil {
 				conn, err := d.DialContext(ctx, "tcp", addr)
 				if err != nil {
-					pause(ctx, 100*time.Millisecond)
+					pause(ctx, time.Second)
 					continue
 				}
 				stop := context.AfterFunc(ctx, func() { conn.Close() })
-				_, _ = io.WriteString(conn, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+				start := time.Now()
+				_, _ = io.WriteString(conn, greeting)
 				first := make([]byte, 12)
 				k, _ := io.ReadFull(conn, first)
 				if bytes.HasPrefix(first[:k], []byte("HTTP/1.1 503")) {
-					c.idleRefused.Add(1)
+					c.refused.Add(1)
 				} else {
-					c.idleOpened.Add(1)
+					c.opened.Add(1)
 					_, _ = io.Copy(io.Discard, conn)
 					if ctx.Err() == nil {
-						c.idleClosed.Add(1)
+						c.closed.Add(1)
+						c.held.add(time.Since(start))
 					}
 				}
 				stop()
@@ -412,38 +452,46 @@ func pause(ctx context.Context, d time.Duration) {
 	}
 }
 
-// stalledStreams keeps n streams from ip that never read (a 1-byte
-// window): each is held 35 s (past the 30 s stall timeout), checked for
-// the cut, and opened again.
+// stalledStreams keeps n streams from ip (with token) that never read (a
+// 1-byte window), 250 to a connection: each is held 35 s (past the 30 s
+// stall timeout), checked for the cut, and opened again.
 func stalledStreams(ctx context.Context, url, ip, token string, n int, desktops []ecdsim.Desktop, c *attackCounts) {
-	client, hc := attackClient(url, ip, token, 1)
-	defer hc.CloseIdleConnections()
 	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				sctx, cancel := context.WithCancel(ctx)
-				s, err := client.StreamImageModifiedRecords(sctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-					RegionId: region, DesktopId: desktops[i%len(desktops)].ID,
-				}))
-				if err != nil {
-					cancel()
-					pause(ctx, time.Second)
-					continue
-				}
-				c.stallOpened.Add(1)
-				pause(ctx, 35*time.Second)
-				if ctx.Err() == nil && !s.Receive() {
-					if connect.CodeOf(s.Err()) == connect.CodeResourceExhausted {
-						c.stallRefused.Add(1)
-					} else {
-						c.stallCut.Add(1)
+	for first := 0; first < n; first += 250 {
+		hc := h2cClient(ctx, url, ip, token, 1)
+		defer hc.CloseIdleConnections()
+		client := imagerecordsv1connect.NewImageRecordsServiceClient(hc, url, connect.WithGRPC())
+		for i := first; i < min(first+250, n); i++ {
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					sctx, cancel := context.WithCancel(ctx)
+					s, err := client.StreamImageModifiedRecords(sctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+						RegionId: region, DesktopId: desktops[i%len(desktops)].ID,
+					}))
+					if err != nil {
+						cancel()
+						c.stallOther.Add(1)
+						pause(ctx, time.Second)
+						continue
 					}
+					c.stallOpened.Add(1)
+					pause(ctx, 35*time.Second)
+					if ctx.Err() == nil && !s.Receive() {
+						switch connect.CodeOf(s.Err()) {
+						case connect.CodeResourceExhausted:
+							c.stallRefused.Add(1)
+						case connect.CodeInternal:
+							c.stallCut.Add(1)
+						default:
+							c.stallOther.Add(1)
+							noteError(&c.firstStallOther, s.Err())
+						}
+					}
+					cancel()
+					_ = s.Close()
 				}
-				cancel()
-				_ = s.Close()
-			}
-		})
+			})
+		}
 	}
 	wg.Wait()
 }
@@ -454,7 +502,7 @@ func watchFlood(ctx context.Context, url string, n int, c *attackCounts) {
 	var wg sync.WaitGroup
 	for i := range n {
 		if i%250 == 0 { // a connection per 250 streams, as one client would
-			hc := gatewaytest.H2CFrom(watchPeer, nil)
+			hc := h2cClient(ctx, url, watchPeer, "", 0)
 			defer hc.CloseIdleConnections()
 			health := grpchealth.NewClient(hc, url, connect.WithGRPC())
 			for range min(250, n-i) {
@@ -477,26 +525,11 @@ func watchFlood(ctx context.Context, url string, n int, c *attackCounts) {
 	wg.Wait()
 }
 
-// gzipBomb is a gRPC request message whose desktop_id inflates to 60 MiB,
-// compressed to under 64 KiB.
-func gzipBomb() []byte {
-	var z bytes.Buffer
-	gz, _ := gzip.NewWriterLevel(&z, gzip.BestCompression) // the level is valid
-	field := protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.BytesType), 60<<20)
-	_, _ = gz.Write(field)
-	zeros := make([]byte, 1<<20)
-	for range 60 {
-		_, _ = gz.Write(zeros)
-	}
-	_ = gz.Close()
-	return append(binary.BigEndian.AppendUint32([]byte{1}, uint32(z.Len())), z.Bytes()...)
-}
-
 // bombs posts gzip bombs to List from ip, with token when not empty, from
 // workers loops.
 func bombs(ctx context.Context, url, ip, token string, workers int, c *attackCounts) {
-	bomb := gzipBomb()
-	hc := gatewaytest.H2CFrom(ip, nil)
+	bomb := gatewaytest.GzipBomb(60 << 20)
+	hc := h2cClient(ctx, url, ip, "", 0)
 	defer hc.CloseIdleConnections()
 	want := "16" // Unauthenticated
 	if token != "" {
@@ -514,6 +547,11 @@ func bombs(ctx context.Context, url, ip, token string, workers int, c *attackCou
 				}
 				res, err := hc.Do(req)
 				if err != nil {
+					if ctx.Err() == nil {
+						c.bombOther.Add(1)
+						noteError(&c.firstBombOther, err)
+						pause(ctx, 100*time.Millisecond)
+					}
 					continue
 				}
 				_, _ = io.Copy(io.Discard, res.Body)
@@ -526,6 +564,7 @@ func bombs(ctx context.Context, url, ip, token string, workers int, c *attackCou
 					c.bombRefused.Add(1)
 				} else if ctx.Err() == nil {
 					c.bombOther.Add(1)
+					noteError(&c.firstBombOther, fmt.Errorf("HTTP %d grpc-status %q", res.StatusCode, status))
 				}
 			}
 		})
@@ -537,8 +576,9 @@ func bombs(ctx context.Context, url, ip, token string, workers int, c *attackCou
 // with NextToken bytes of the caller's choice, and random bytes) from
 // workers loops of an authenticated insider.
 func forgedTokens(ctx context.Context, url, token string, workers int, desktop string, c *attackCounts) {
-	client, hc := attackClient(url, insiderPeer, token, 0)
+	hc := h2cClient(ctx, url, insiderPeer, token, 0)
 	defer hc.CloseIdleConnections()
+	client := imagerecordsv1connect.NewImageRecordsServiceClient(hc, url, connect.WithGRPC())
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
@@ -552,35 +592,8 @@ func forgedTokens(ctx context.Context, url, token string, workers int, desktop s
 					c.forgedRefused.Add(1)
 				} else if ctx.Err() == nil {
 					c.forgedOther.Add(1)
+					noteError(&c.firstForgedOther, fmt.Errorf("%v", err))
 				}
-			}
-		})
-	}
-	wg.Wait()
-}
-
-// slowBodies keeps n HTTP/1.1 requests whose body never completes,
-// opening a new one when the gateway closes one.
-func slowBodies(ctx context.Context, addr string, n int, c *attackCounts) {
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(slowBodyPeer)}, Timeout: 5 * time.Second}
-	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				conn, err := d.DialContext(ctx, "tcp", addr)
-				if err != nil {
-					pause(ctx, time.Second)
-					continue
-				}
-				stop := context.AfterFunc(ctx, func() { conn.Close() })
-				_, _ = io.WriteString(conn, "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
-				c.slowOpened.Add(1)
-				_, _ = io.Copy(io.Discard, conn)
-				if ctx.Err() == nil {
-					c.slowClosed.Add(1)
-				}
-				stop()
-				conn.Close()
 			}
 		})
 	}
@@ -598,39 +611,49 @@ func sighups(ctx context.Context, p *os.Process, c *attackCounts) {
 }
 
 // legitLists lists pages, one call after another, each with a 5 s
-// deadline.
-func legitLists(ctx context.Context, client imagerecordsv1connect.ImageRecordsServiceClient, desktops []ecdsim.Desktop, c *attackCounts) {
-	for i := 0; ctx.Err() == nil; i++ {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// deadline of its own, until stop is closed.
+func legitLists(stop <-chan struct{}, client imagerecordsv1connect.ImageRecordsServiceClient, desktops []ecdsim.Desktop, c *attackCounts) {
+	for i := 0; !closed(stop); i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		start := time.Now()
-		_, err := gatewayList(cctx, client, desktops[i%len(desktops)].ID, 10)
+		_, err := gatewayList(ctx, client, desktops[i%len(desktops)].ID, 10)
 		cancel()
-		switch {
-		case err == nil:
+		if err == nil {
 			c.legitListOK.Add(1)
 			c.legitListLatency.add(time.Since(start))
-		case ctx.Err() == nil:
+		} else {
 			c.legitListFailed.Add(1)
 			noteError(&c.firstListError, err)
 		}
 	}
 }
 
-// legitStreams streams a whole desktop, one stream after another.
-func legitStreams(ctx context.Context, client imagerecordsv1connect.ImageRecordsServiceClient, desktop ecdsim.Desktop, c *attackCounts) {
-	for ctx.Err() == nil {
+// legitStreams streams a whole desktop, one stream after another, each
+// with a 60 s deadline of its own, until stop is closed.
+func legitStreams(stop <-chan struct{}, client imagerecordsv1connect.ImageRecordsServiceClient, desktop ecdsim.Desktop, c *attackCounts) {
+	for !closed(stop) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		start := time.Now()
 		n, err := gatewayStream(ctx, client, desktop.ID, nil)
-		switch {
-		case err == nil && n == desktop.Records:
+		cancel()
+		if err == nil && n == desktop.Records {
 			c.legitStreamOK.Add(1)
 			c.legitStreamLatency.add(time.Since(start))
-		case ctx.Err() == nil:
-			c.legitStreamFailed.Add(1)
-			if err == nil {
-				err = fmt.Errorf("%d of %d records", n, desktop.Records)
-			}
-			noteError(&c.firstStreamError, err)
+			continue
 		}
+		c.legitStreamFailed.Add(1)
+		if err == nil {
+			err = fmt.Errorf("%d of %d records", n, desktop.Records)
+		}
+		noteError(&c.firstStreamError, err)
+	}
+}
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }

@@ -108,7 +108,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.s6Duration, "s6-duration", 10*time.Second, "scenario 6: duration of each side's run")
 	fs.DurationVar(&o.s6Unloaded, "s6-unloaded", 2*time.Second, "scenario 6: duration of each side's extra run at concurrency 1 (0 skips it)")
 	fs.DurationVar(&o.s7Duration, "s7-duration", 60*time.Second, "scenario 7: how long the attacks last")
-	fs.DurationVar(&o.s7After, "s7-after", 30*time.Second, "scenario 7: how long after the attack the gateway's RSS is read again")
+	fs.DurationVar(&o.s7After, "s7-after", 90*time.Second, "scenario 7: how long after the attack the gateway's RSS is read again")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

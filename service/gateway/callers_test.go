@@ -2,14 +2,12 @@ package gateway_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/binary"
 	"io"
 	"math/big"
 	"net/http"
@@ -21,7 +19,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
 	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
@@ -29,33 +26,6 @@ import (
 )
 
 const listPath = "/" + imagerecordsv1connect.ImageRecordsServiceName + "/ListImageModifiedRecords"
-
-// gzipBomb is a gRPC request message (a desktop_id of 60 MiB of zeros)
-// compressed to under the default 64 KiB read limit.
-func gzipBomb(t *testing.T) []byte {
-	t.Helper()
-	var z bytes.Buffer
-	gz, err := gzip.NewWriterLevel(&z, gzip.BestCompression)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const inflated = 60 << 20
-	field := protowire.AppendTag(nil, 2, protowire.BytesType)
-	field = protowire.AppendVarint(field, inflated)
-	_, _ = gz.Write(field)
-	zeros := make([]byte, 1<<20)
-	for range inflated / len(zeros) {
-		_, _ = gz.Write(zeros)
-	}
-	if err := gz.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if z.Len() >= 64<<10 {
-		t.Fatalf("the bomb compresses to %d bytes, over the read limit it must pass", z.Len())
-	}
-	envelope := binary.BigEndian.AppendUint32([]byte{1}, uint32(z.Len())) // compressed
-	return append(envelope, z.Bytes()...)
-}
 
 // grpcStatus posts a raw gRPC request body to path and returns the
 // grpc-status and grpc-message of the answer.
@@ -105,7 +75,10 @@ func TestAuthComesBeforeTheBody(t *testing.T) {
 			})
 		},
 	})
-	bomb := gzipBomb(t)
+	bomb := gatewaytest.GzipBomb(60 << 20)
+	if len(bomb) >= 64<<10 {
+		t.Fatalf("the bomb compresses to %d bytes, over the read limit it must pass", len(bomb))
+	}
 	authorized := http.Header{"Authorization": {"Bearer token-alpha-0123456789"}}
 	for _, path := range []string{listPath, streamPath} {
 		t.Run(path, func(t *testing.T) {

@@ -128,13 +128,14 @@ func DefaultConfig() Config {
 		MaxConcurrentStreams:   250,
 		CompressMinBytes:       0,
 
-		// Hardening (issue 14), sized for a pod of 1-2 cores and 512 MiB.
+		// Hardening (issue 14), sized for a pod of 2 cores and 512 MiB:
+		// see the README's Security section for each figure.
 		IdleTimeout:           2 * time.Minute,
-		MaxConnections:        4096,
+		MaxConnections:        1024,
 		MaxConnectionsPerPeer: 256,
 		PeerIdentity:          PeerRemoteIP,
 		StreamStallTimeout:    30 * time.Second,
-		MaxStreamsPerPeer:     1000,
+		MaxStreamsPerPeer:     100,
 	}
 }
 

@@ -175,7 +175,7 @@ func TestConnectionFloodIsRefused(t *testing.T) {
 			t.Fatalf("another peer's call during the flood: %v", err)
 		}
 	})
-	t.Run("past the global cap, the flood's idle connections make room", func(t *testing.T) {
+	t.Run("past the global cap, refused; a quiet caller evicts the flood's idle connection", func(t *testing.T) {
 		t.Parallel()
 		// A cap of 32 instead of 4096 keeps the flood (and the test's file
 		// descriptors) small; the rule is the same at any size.
@@ -203,16 +203,30 @@ func TestConnectionFloodIsRefused(t *testing.T) {
 		for i := range 2 * max {
 			flood = append(flood, dialFrom(t, h, fmt.Sprintf("127.0.0.%d", 2+i%4)))
 		}
-		// Each connection past the cap closed the longest idle one of the
-		// peer with the most: the first half of the flood.
-		for _, c := range flood[:max-1] {
-			waitClosed(t, c, 10*time.Second)
+		// The first fill the cap; the rest are refused: their peers hold
+		// as many connections as any other, so they evict no one.
+		for _, c := range flood[max-1:] {
+			if reason := readRefusal(t, c); reason != "max_connections" {
+				t.Fatalf("refused for %q", reason)
+			}
 		}
 		if err := get(); err != nil {
 			t.Errorf("the quiet caller's connection after the flood: %v", err)
 		}
+		// A caller with few connections makes room by closing an idle one
+		// of the biggest peer.
 		if err := listFrom(t.Context(), h, "127.0.0.1"); err != nil {
 			t.Fatalf("a new call with the cap full of idle connections: %v", err)
+		}
+		closed := 0
+		for _, c := range flood[:max-1] {
+			_ = c.SetReadDeadline(time.Now().Add(20 * time.Millisecond)) // the evicted one is closed already: EOF at once
+			if _, err := c.Read(make([]byte, 1)); err == io.EOF {
+				closed++
+			}
+		}
+		if closed != 1 {
+			t.Errorf("%d idle flood connections were closed to make room for one, want 1", closed)
 		}
 	})
 	t.Run("past the global cap, all busy: refused", func(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 
 	"connectrpc.com/connect"
 
@@ -74,9 +73,7 @@ func (h *hardening) handler(mux http.Handler, auth *bearerAuth, chain *[]string)
 	if auth != nil {
 		*chain = append(*chain, "http:bearer-auth")
 	}
-	*chain = append(*chain, "http:peer="+h.peers.String(),
-		"http:max-streams-per-peer="+strconv.Itoa(h.cfg.MaxStreamsPerPeer),
-		"http:stream-stall-timeout="+h.cfg.StreamStallTimeout.String())
+	*chain = append(*chain, "http:peer="+h.peers.String(), "http:stream-limits", "http:stall-watch", "http:body-deadline")
 	return &front{auth: auth, peers: h.peers, refusals: h.refusals, errors: errs, next: guard}
 }
 
@@ -104,9 +101,12 @@ func (h *hardening) serviceOptions() []service.Option {
 	return []service.Option{service.WithTokenKeys(h.tokenKeys)}
 }
 
-// listener wraps the API listener in the connection limits.
+// listener wraps the API listener in the connection limits, and returns
+// memory to the system whenever the gateway goes quiet while it is open.
 func (h *hardening) listener(ln net.Listener) *connLimiter {
-	return newConnLimiter(ln, h.cfg, h.refusals)
+	l := newConnLimiter(ln, h.cfg, h.refusals)
+	go reclaimWhenQuiet(l.closed)
+	return l
 }
 
 // server sets the idle timeout and the connection-limit hook of srv, the

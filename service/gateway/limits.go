@@ -21,9 +21,12 @@ import (
 // At the global cap, a new connection closes an idle connection (no
 // request in progress, no HTTP/2 stream open, or no request yet) of the
 // peer that holds the most connections, the one idle longest, to make
-// room: connections that do nothing cannot lock out callers who would, and
-// a flood from a few addresses evicts its own connections, not a quiet
-// caller's. Only when every connection is busy is the new one refused. A refused connection gets a short HTTP/1.1 503 (cleartext)
+// room, if that peer holds more than the newcomer's peer would: idle
+// connections cannot lock out a caller with few connections, a flood
+// evicts its own connections, not a quiet caller's, and peers of equal
+// size are refused rather than churned through. Otherwise (every
+// connection busy, or the newcomer's peer among the biggest) the new
+// connection is refused. A refused connection gets a short HTTP/1.1 503 (cleartext)
 // or is closed (TLS), and the refusal is counted and logged (rate-limited).
 type connLimiter struct {
 	net.Listener
@@ -35,6 +38,9 @@ type connLimiter struct {
 	mu    sync.Mutex
 	open  int
 	peers map[string]*peerConns
+
+	closeOnce sync.Once
+	closed    chan struct{} // closed with the listener: ends reclaimWhenQuiet
 }
 
 // peerConns are the connections of one peer.
@@ -62,7 +68,14 @@ func newConnLimiter(ln net.Listener, cfg Config, refusals *refusalLog) *connLimi
 		tls:      cfg.TLSCert != "",
 		refusals: refusals,
 		peers:    map[string]*peerConns{},
+		closed:   make(chan struct{}),
 	}
+}
+
+// Close closes the listener.
+func (l *connLimiter) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
 }
 
 // Accept returns the next connection within the limits, refusing those
@@ -108,7 +121,7 @@ func (l *connLimiter) admit(c net.Conn) (lc *limitedConn, evicted *limitedConn, 
 		return nil, nil, reasonConnectionsPerPeer
 	}
 	if l.open >= l.max {
-		if evicted = l.evictableLocked(); evicted == nil {
+		if evicted = l.evictableLocked(pc.open + 1); evicted == nil {
 			l.forgetIfEmptyLocked(peer, pc)
 			return nil, nil, reasonConnections
 		}
@@ -121,16 +134,19 @@ func (l *connLimiter) admit(c net.Conn) (lc *limitedConn, evicted *limitedConn, 
 	return lc, evicted, ""
 }
 
-// evictableLocked is the connection to close for room: the longest idle
-// of the peer with the most connections that has an idle one.
-func (l *connLimiter) evictableLocked() *limitedConn {
+// evictableLocked is the connection to close to make room for a peer
+// that would then hold n connections: the longest idle of the peer with
+// the most connections that has an idle one, if that peer holds more than
+// n. A peer never evicts its equals, so a flood from peers of the same
+// size is refused rather than churned.
+func (l *connLimiter) evictableLocked(n int) *limitedConn {
 	var most *peerConns
 	for _, pc := range l.peers {
 		if pc.idle.Len() > 0 && (most == nil || pc.open > most.open) {
 			most = pc
 		}
 	}
-	if most == nil {
+	if most == nil || most.open <= n {
 		return nil
 	}
 	return most.idle.Front().Value.(*limitedConn)

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -42,8 +43,8 @@ func streamRequest(desktop, token string) *connect.Request[imagerecordsv1.Stream
 }
 
 // TestStalledStreamsAreCut is the attack of issue 14: 500 streams whose
-// caller never reads (a 1-byte HTTP/2 window), from one peer, at the
-// default limits. Each costs at most the page it is writing and one
+// caller never reads (a 1-byte HTTP/2 window), from five peers of 100
+// streams each (the per-peer cap), at the default limits. Each costs at most the page it is writing and one
 // prefetched page, is cut once it has accepted nothing for the stall
 // timeout, and meanwhile List calls from another peer keep their p99
 // under a second. A caller cut mid-stream resumes from the last resume
@@ -111,22 +112,23 @@ func TestStalledStreamsAreCut(t *testing.T) {
 		})
 	}
 	// The attack: all at once (opening a stream returns once its first
-	// page is fetched), as two connections of 250 streams each: a client
-	// that held to no connection limit would dial a connection per stream
-	// and meet the per-peer connection cap instead.
+	// page is fetched), from five peers, each one connection of 100
+	// streams: a client that held to no connection limit would dial a
+	// connection per stream and meet the per-peer connection cap instead.
+	const peers = 5
 	streams := make([]*connect.ServerStreamForClient[gatewaytest.StreamMessage], attackers)
 	var opened sync.WaitGroup
-	for conn := range 2 {
-		attacker := imagerecordsv1connect.NewImageRecordsServiceClient(gatewaytest.H2CFrom("127.0.0.2", func(t *http.Transport) {
+	for p := range peers {
+		attacker := imagerecordsv1connect.NewImageRecordsServiceClient(gatewaytest.H2CFrom(fmt.Sprintf("127.0.0.%d", 10+p), func(t *http.Transport) {
 			t.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: 1, StrictMaxConcurrentRequests: true}
 		}), h.URL, connect.WithGRPC())
-		first := conn * attackers / 2
+		first := p * attackers / peers
 		// The first stream on its own, so that the others find its
 		// connection instead of each dialing one.
 		if streams[first], err = attacker.StreamImageModifiedRecords(ctx, streamRequest(hugeDesktop, "")); err != nil {
 			t.Fatal(err)
 		}
-		for i := first + 1; i < first+attackers/2; i++ {
+		for i := first + 1; i < first+attackers/peers; i++ {
 			opened.Go(func() {
 				s, err := attacker.StreamImageModifiedRecords(ctx, streamRequest(hugeDesktop, ""))
 				if err != nil {

@@ -8,7 +8,9 @@ package gatewaytest
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +26,7 @@ import (
 	"github.com/aliyun/credentials-go/credentials"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
@@ -312,6 +315,23 @@ func H2CFrom(localIP string, tune func(*http.Transport)) *http.Client {
 // (host:port) over h2c.
 func ClientOf(addr string, opts ...connect.ClientOption) imagerecordsv1connect.ImageRecordsServiceClient {
 	return imagerecordsv1connect.NewImageRecordsServiceClient(H2C(), "http://"+addr, opts...)
+}
+
+// GzipBomb is a compressed gRPC request envelope of ImageRecordsService
+// whose message (a desktop_id of inflated zero bytes) is gzip-compressed
+// about a thousandfold: 60 MiB inflated fits under the gateway's 64 KiB
+// read limit.
+func GzipBomb(inflated int) []byte {
+	var z bytes.Buffer
+	gz, _ := gzip.NewWriterLevel(&z, gzip.BestCompression) // the level is valid
+	_, _ = gz.Write(protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.BytesType), uint64(inflated)))
+	zeros := make([]byte, 64<<10)
+	for left := inflated; left > 0; left -= len(zeros) {
+		_, _ = gz.Write(zeros[:min(left, len(zeros))])
+	}
+	_ = gz.Close()
+	envelope := binary.BigEndian.AppendUint32([]byte{1}, uint32(z.Len())) // flag 1: compressed
+	return append(envelope, z.Bytes()...)
 }
 
 // Protocol is one of the wire protocols the gateway serves on one port.
