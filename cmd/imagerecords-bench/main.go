@@ -215,6 +215,9 @@ func printMachine(w io.Writer, o options) {
 		"           gateway clients: connect-go gRPC over h2c, %s, per-stream receive window %s;\n"+
 		"           reference: net/http + encoding/json calling the simulator directly, MaxResults=100, V3-signed\n",
 		o.telemetry, qps, gzip, window)
+	if slices.Contains(o.scenarios, 7) {
+		fmt.Fprintln(w, "           scenario 7 has a setup of its own: the gateway in a process of its own at imagerecordsd's defaults (see its notes)")
+	}
 	fmt.Fprintf(w, "load:      %s (1, 5, 15 min load average at start; the machine is shared)\n", loadAverage())
 }
 
