@@ -46,11 +46,13 @@ type Gateway struct {
 // recording to tel. It reads the files cfg names (TLS, tokens) now, so a
 // bad file fails here rather than at the first call.
 //
-// The handler chain is built here and nowhere else: tracing and RPC
-// metrics outermost, then the access log, the shutdown guard, the bearer
-// token check (with Config.AuthTokensFile), and panic recovery, plus the
-// read limit and compression settings. Health checks answer without a
-// token.
+// The handler chain is built here and nowhere else. Before connect reads
+// a body, HTTP layers check the bearer token (with Config.AuthTokensFile;
+// health Check answers without one), name the caller, and bound its
+// streams, stalls and request bodies (hardening.go); then the
+// interceptors: tracing and RPC metrics outermost, the access log, the
+// shutdown guard and panic recovery, plus the read limit and compression
+// settings.
 func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry) (*Gateway, error) {
 	g := &Gateway{
 		cfg:    cfg,
