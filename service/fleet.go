@@ -64,7 +64,7 @@ func (s *Service) StreamFleetImageModifiedRecords(ctx context.Context, req *conn
 	if len(v) == 0 {
 		scope = fleetScope(region, ids)
 		var err error
-		if st, err = decodeFleetToken(scope, len(ids), msg.GetPageToken()); err != nil {
+		if st, err = decodeFleetToken(s.tokens, scope, len(ids), msg.GetPageToken()); err != nil {
 			v.add("page_token", err.Error())
 		}
 	}
@@ -309,7 +309,7 @@ func (f *fleet) finish(ctx context.Context, i int, err error) error {
 // every desktop finished: a call with it sends the summary alone.
 func (f *fleet) send(ctx context.Context, out *imagerecordsv1.StreamFleetImageModifiedRecordsResponse) error {
 	f.st.calls = f.calls()
-	out.ResumeToken = encodeFleetToken(f.scope, f.st)
+	out.ResumeToken = encodeFleetToken(f.s.tokens, f.scope, f.st)
 	if err := f.stream.Send(out); err != nil {
 		if ctx.Err() != nil {
 			return f.s.toConnectError(ctx, ctx.Err())

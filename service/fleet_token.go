@@ -14,8 +14,8 @@ import (
 
 // A fleet resume token carries what the caller of a fleet has been told:
 // which desktops are finished, where each desktop in progress stands, and
-// the running counts of the summary. Its payload, framed by sealToken
-// (kind fleetTokenKind, bound to the region and the sorted desktop set), is
+// the running counts of the summary. Its payload, sealed by TokenKeys.seal
+// (kind kindFleet, bound to the region and the sorted desktop set), is
 //
 //	uvarint desktops | uvarint ok | uvarint failed | uvarint records | uvarint calls
 //	finished bitmap: ⌈desktops/8⌉ bytes, bit i (LSB first) for desktop i of the sorted list
@@ -31,9 +31,6 @@ import (
 // and ECD's NextTokens of about 50 bytes, 1,372 characters; 64 in
 // progress, 4,892; at the hard worst (64 in progress with NextTokens of
 // the 1 KiB the client accepts) 88,092.
-
-// fleetTokenKind frames fleet resume tokens.
-const fleetTokenKind = 2
 
 // MaxFleetDesktops is the most distinct desktops one fleet call accepts.
 const MaxFleetDesktops = 1000
@@ -103,9 +100,9 @@ func fleetScope(region string, ids []string) string {
 	return "fleet\x00" + region + "\x00" + string(sum[:])
 }
 
-// encodeFleetToken returns the token of st for scope.
-func encodeFleetToken(scope string, st *fleetState) string {
-	return sealToken(fleetTokenKind, scope, st.appendPayload(nil))
+// encodeFleetToken returns the token of st for scope, sealed with k.
+func encodeFleetToken(k *TokenKeys, scope string, st *fleetState) string {
+	return k.seal(kindFleet, scope, st.appendPayload(nil))
 }
 
 func (st *fleetState) appendPayload(b []byte) []byte {
@@ -132,19 +129,21 @@ func (st *fleetState) appendPayload(b []byte) []byte {
 // decodeFleetToken parses a token of encodeFleetToken for scope and a set
 // of desktops desktops; "" is the start. Like decodeToken it accepts only
 // the exact spelling encodeFleetToken makes.
-func decodeFleetToken(scope string, desktops int, token string) (*fleetState, error) {
+func decodeFleetToken(k *TokenKeys, scope string, desktops int, token string) (*fleetState, error) {
 	if token == "" {
 		return newFleetState(desktops), nil
 	}
-	b, err := openToken(fleetTokenKind, scope, token, maxFleetTokenLength)
+	b, err := k.open(kindFleet, scope, token, maxFleetTokenLength)
 	switch {
-	case errors.Is(err, errTokenScope):
+	case errors.Is(err, errTokenInvalid):
 		return nil, errFleetTokenOtherSet
-	case err != nil:
+	case errors.Is(err, errTokenMalformed):
 		return nil, errFleetTokenMalformed
+	case err != nil:
+		return nil, err // unsigned, or another key: the message says what to do
 	}
 	st, ok := parseFleetPayload(b, desktops)
-	if !ok || encodeFleetToken(scope, st) != token {
+	if !ok || encodeFleetToken(k, scope, st) != token {
 		return nil, errFleetTokenMalformed
 	}
 	return st, nil

@@ -52,12 +52,12 @@ func TestFleetTokenRoundTrip(t *testing.T) {
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			tok := encodeFleetToken(scope, tc.st)
-			got, err := decodeFleetToken(scope, tc.st.desktops, tok)
+			tok := encodeFleetToken(fleetKeys, scope, tc.st)
+			got, err := decodeFleetToken(fleetKeys, scope, tc.st.desktops, tok)
 			if err != nil {
 				t.Fatalf("decode: %v", err)
 			}
-			if again := encodeFleetToken(scope, got); again != tok {
+			if again := encodeFleetToken(fleetKeys, scope, got); again != tok {
 				t.Fatalf("the decoded state encodes differently")
 			}
 			if got.ok != tc.st.ok || got.failed != tc.st.failed || got.records != tc.st.records || got.calls != tc.st.calls || len(got.progress) != len(tc.st.progress) {
@@ -68,10 +68,10 @@ func TestFleetTokenRoundTrip(t *testing.T) {
 					t.Fatalf("progress of %d = %+v, want %+v", i, q, p)
 				}
 			}
-			if _, err := decodeFleetToken(fleetScope("cn-hangzhou", ids[1:]), tc.st.desktops, tok); err != errFleetTokenOtherSet {
+			if _, err := decodeFleetToken(fleetKeys, fleetScope("cn-hangzhou", ids[1:]), tc.st.desktops, tok); err != errFleetTokenOtherSet {
 				t.Errorf("another desktop set accepted the token: %v", err)
 			}
-			if _, err := decodeFleetToken(fleetScope("cn-shanghai", ids), tc.st.desktops, tok); err != errFleetTokenOtherSet {
+			if _, err := decodeFleetToken(fleetKeys, fleetScope("cn-shanghai", ids), tc.st.desktops, tok); err != errFleetTokenOtherSet {
 				t.Errorf("another region accepted the token: %v", err)
 			}
 		})
@@ -97,11 +97,11 @@ func TestFleetTokenSize(t *testing.T) {
 	for _, tc := range testCases {
 		st := fleetStateWith(1000, 500, tc.inProgress, tc.tokenLen)
 		st.records, st.calls = 1<<40, 1<<40
-		tok := encodeFleetToken(scope, st)
+		tok := encodeFleetToken(fleetKeys, scope, st)
 		if len(tok) > tc.atMost {
 			t.Errorf("%s: token of %d characters, want at most %d", tc.name, len(tok), tc.atMost)
 		}
-		if _, err := decodeFleetToken(scope, 1000, tok); err != nil {
+		if _, err := decodeFleetToken(fleetKeys, scope, 1000, tok); err != nil {
 			t.Errorf("%s: the gateway refuses its own token of %d characters: %v", tc.name, len(tok), err)
 		}
 		t.Logf("%s: %d characters", tc.name, len(tok))
@@ -114,13 +114,13 @@ func TestDecodeFleetTokenRejectsJunk(t *testing.T) {
 	scope := fleetScope("cn-hangzhou", ids)
 	good := fleetStateWith(10, 3, 2, 20)
 	payload := good.appendPayload(nil)
-	seal := func(b []byte) string { return sealToken(fleetTokenKind, scope, b) }
+	seal := func(b []byte) string { return fleetKeys.seal(kindFleet, scope, b) }
 	testCases := map[string]string{
 		"junk":                      "junk!",
-		"a page token":              encodeToken("cn-hangzhou", ids[0], upstream.Cursor{Token: "x"}),
+		"a page token":              fleetKeys.sealCursor("cn-hangzhou", ids[0], upstream.Cursor{Token: "x"}),
 		"truncated":                 seal(payload[:len(payload)-1]),
 		"trailing bytes":            seal(append(payload, 0)),
-		"another desktop count":     encodeFleetToken(scope, fleetStateWith(11, 3, 2, 20)),
+		"another desktop count":     encodeFleetToken(fleetKeys, scope, fleetStateWith(11, 3, 2, 20)),
 		"counts that do not add up": seal(func() []byte { st := fleetStateWith(10, 3, 2, 20); st.ok++; return st.appendPayload(nil) }()),
 		"a bit past the last desktop": seal(func() []byte {
 			st := fleetStateWith(10, 3, 2, 20)
@@ -139,10 +139,10 @@ func TestDecodeFleetTokenRejectsJunk(t *testing.T) {
 			return st.appendPayload(nil)
 		}()),
 		"too long": strings.Repeat("A", maxFleetTokenLength+1),
-		"padded":   base64.URLEncoding.EncodeToString([]byte{fleetTokenKind, 0, 0, 0, 0}),
+		"padded":   base64.URLEncoding.EncodeToString([]byte{tokenVersion, kindFleet, 0, 0, 0, 0}),
 	}
 	for name, tok := range testCases {
-		if st, err := decodeFleetToken(scope, 10, tok); err == nil {
+		if st, err := decodeFleetToken(fleetKeys, scope, 10, tok); err == nil {
 			t.Errorf("%s: decoded %+v, want an error", name, st)
 		}
 	}
@@ -154,18 +154,21 @@ func TestDecodeFleetTokenRejectsJunk(t *testing.T) {
 func FuzzDecodeFleetToken(f *testing.F) {
 	ids := fleetIDs(10)
 	scope := fleetScope("cn-hangzhou", ids)
-	f.Add(encodeFleetToken(scope, fleetStateWith(10, 3, 2, 20)))
-	f.Add(encodeFleetToken(scope, fleetStateWith(10, 10, 0, 0)))
-	f.Add(encodeFleetToken(scope, newFleetState(10)))
+	f.Add(encodeFleetToken(fleetKeys, scope, fleetStateWith(10, 3, 2, 20)))
+	f.Add(encodeFleetToken(fleetKeys, scope, fleetStateWith(10, 10, 0, 0)))
+	f.Add(encodeFleetToken(fleetKeys, scope, newFleetState(10)))
 	f.Add("AgAAAAA")
 	f.Fuzz(func(t *testing.T, tok string) {
-		st, err := decodeFleetToken(scope, 10, tok)
+		st, err := decodeFleetToken(fleetKeys, scope, 10, tok)
 		switch {
 		case err == errFleetTokenMalformed || err == errFleetTokenOtherSet:
 		case err != nil:
 			t.Fatalf("unexpected error %v", err)
-		case tok != "" && encodeFleetToken(scope, st) != tok:
+		case tok != "" && encodeFleetToken(fleetKeys, scope, st) != tok:
 			t.Fatalf("accepted a spelling encodeFleetToken does not make: %q", tok)
 		}
 	})
 }
+
+// fleetKeys seal the fleet tokens of these tests.
+var fleetKeys = RandomTokenKeys()

@@ -23,6 +23,8 @@ type Service struct {
 	metrics        instruments
 	tracerProvider trace.TracerProvider
 	tracer         trace.Tracer
+	// tokens seal and open every token the service hands out.
+	tokens *TokenKeys
 	// fleetConcurrency is the default and cap of a fleet's max_concurrency.
 	fleetConcurrency int
 	// watch is the shared pollers of WatchImageModifiedRecords.
@@ -48,6 +50,14 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 	return func(s *Service) { s.tracerProvider = tp }
 }
 
+// WithTokenKeys sets the keys that seal and open page and resume tokens.
+// Every replica behind one address needs the same keys, so that a token
+// one of them issued opens on any other. Default: a random key of this
+// process ([RandomTokenKeys]).
+func WithTokenKeys(k *TokenKeys) Option {
+	return func(s *Service) { s.tokens = k }
+}
+
 // New returns a service that reads records through api.
 func New(api upstream.API, opts ...Option) *Service {
 	s := &Service{
@@ -61,6 +71,9 @@ func New(api upstream.API, opts ...Option) *Service {
 	}
 	for _, opt := range opts {
 		opt(s)
+	}
+	if s.tokens == nil {
+		s.tokens = RandomTokenKeys()
 	}
 	s.metrics = newInstruments(s.meterProvider)
 	s.tracer = s.tracerProvider.Tracer(instrumentationName)
@@ -78,7 +91,7 @@ func (s *Service) ListImageModifiedRecords(ctx context.Context, req *connect.Req
 	var v violations
 	v.checkDesktop(region, desktop)
 	pageSize := checkPageSize(&v, msg.GetPageSize())
-	pos := v.checkToken(region, desktop, msg.GetPageToken())
+	pos := v.checkToken(s.tokens, region, desktop, msg.GetPageToken())
 	if err := v.err(); err != nil {
 		return nil, err
 	}
@@ -93,7 +106,7 @@ func (s *Service) ListImageModifiedRecords(ctx context.Context, req *connect.Req
 		s.metrics.records.Add(ctx, int64(len(page.Records)), methodList)
 		return connect.NewResponse(&imagerecordsv1.ListImageModifiedRecordsResponse{
 			Records:       convertRecords(page.Records),
-			NextPageToken: encodeToken(region, desktop, page.Resume),
+			NextPageToken: s.tokens.sealCursor(region, desktop, page.Resume),
 			TotalCount:    int32(page.TotalCount),
 			RequestId:     page.RequestID,
 		}), nil // one upstream call: the first page is the answer
@@ -113,7 +126,7 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 	var v violations
 	v.checkDesktop(region, desktop)
 	limit := checkMaxRecords(&v, msg.GetMaxRecords())
-	pos := v.checkToken(region, desktop, msg.GetPageToken())
+	pos := v.checkToken(s.tokens, region, desktop, msg.GetPageToken())
 	if err := v.err(); err != nil {
 		return err
 	}
@@ -127,7 +140,7 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 		}
 		out := &imagerecordsv1.StreamImageModifiedRecordsResponse{
 			Records:     convertRecords(page.Records),
-			ResumeToken: encodeToken(region, desktop, page.Resume), // "" when nothing follows
+			ResumeToken: s.tokens.sealCursor(region, desktop, page.Resume), // "" when nothing follows
 			TotalCount:  int32(page.TotalCount),
 			RequestId:   page.RequestID,
 		}

@@ -41,17 +41,17 @@ func (v *violations) checkRegion(region string) {
 	}
 }
 
-// checkToken decodes token unless region or desktop are already known bad
+// checkToken opens token with keys unless region or desktop are already known bad
 // (a token is bound to them, so it cannot be judged without them). Other
 // bad fields do not stop it: the caller learns about every bad field at
 // once.
-func (v *violations) checkToken(region, desktop, token string) upstream.Cursor {
+func (v *violations) checkToken(keys *TokenKeys, region, desktop, token string) upstream.Cursor {
 	for _, fv := range *v {
 		if f := fv.GetField(); f == "region_id" || f == "desktop_id" {
 			return upstream.Cursor{}
 		}
 	}
-	p, err := decodeToken(region, desktop, token)
+	p, err := keys.openCursor(region, desktop, token)
 	if err != nil {
 		v.add("page_token", err.Error())
 	}

@@ -91,7 +91,7 @@ func (s *Service) WatchImageModifiedRecords(ctx context.Context, req *connect.Re
 	var cursor *watchCursor
 	if len(v) == 0 {
 		var err error
-		if cursor, err = decodeWatchCursor(region, desktop, msg.GetResumeCursor()); err != nil {
+		if cursor, err = decodeWatchCursor(s.tokens, region, desktop, msg.GetResumeCursor()); err != nil {
 			v.add("resume_cursor", err.Error())
 		}
 	}
@@ -210,7 +210,7 @@ func (w *watcher) sendSnapshot(ctx context.Context, view *watchView) error {
 
 func (w *watcher) send(ctx context.Context, out *imagerecordsv1.WatchImageModifiedRecordsResponse, withCursor bool) error {
 	if withCursor {
-		out.ResumeCursor = encodeWatchCursor(w.region, w.desktop, w.cursor)
+		out.ResumeCursor = encodeWatchCursor(w.s.tokens, w.region, w.desktop, w.cursor)
 	}
 	if err := w.stream.Send(out); err != nil {
 		if ctx.Err() != nil {
@@ -237,7 +237,7 @@ func newWatchHub(s *Service) *watchHub { return &watchHub{s: s, pollers: map[str
 func (h *watchHub) join(region, desktop string) *poller {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	key := desktopScope(region, desktop)
+	key := cursorBinding(region, desktop)
 	p := h.pollers[key]
 	if p == nil {
 		p = &poller{hub: h, key: key, region: region, desktop: desktop, changed: make(chan struct{}), stop: make(chan struct{})}

@@ -6,16 +6,13 @@ import (
 	"slices"
 )
 
-// A resume_cursor carries a watchCursor. Its payload, framed by sealToken
-// (kind watchCursorKind, bound to the region and desktop), is
+// A resume_cursor carries a watchCursor. Its payload, sealed by TokenKeys.seal
+// (kind kindWatchCursor, bound to the region and desktop), is
 //
 //	varint mark (Unix ms) | uvarint n | n × 8-byte recordKey | uvarint m | m × 8-byte changeKey
 //
 // with both key lists sorted. It is usually 20 to 40 bytes: one record at
 // the mark, and at most one change in progress.
-
-// watchCursorKind frames watch cursors.
-const watchCursorKind = 3
 
 // maxCursorKeys bounds each key list of a cursor: records sharing one
 // millisecond, and changes in progress at once.
@@ -31,7 +28,7 @@ var (
 )
 
 // encodeWatchCursor returns the resume_cursor of c for a desktop.
-func encodeWatchCursor(region, desktop string, c *watchCursor) string {
+func encodeWatchCursor(k *TokenKeys, region, desktop string, c *watchCursor) string {
 	b := make([]byte, 0, 2*binary.MaxVarintLen64+8*(len(c.atMark)+len(c.running)))
 	b = binary.AppendVarint(b, c.mark)
 	b = binary.AppendUvarint(b, uint64(len(c.atMark)))
@@ -42,21 +39,23 @@ func encodeWatchCursor(region, desktop string, c *watchCursor) string {
 	for _, k := range c.running {
 		b = binary.BigEndian.AppendUint64(b, uint64(k))
 	}
-	return sealToken(watchCursorKind, desktopScope(region, desktop), b)
+	return k.seal(kindWatchCursor, cursorBinding(region, desktop), b)
 }
 
 // decodeWatchCursor parses a cursor of encodeWatchCursor for the same
 // region and desktop; "" is no cursor (nil).
-func decodeWatchCursor(region, desktop, cursor string) (*watchCursor, error) {
+func decodeWatchCursor(k *TokenKeys, region, desktop, cursor string) (*watchCursor, error) {
 	if cursor == "" {
 		return nil, nil
 	}
-	b, err := openToken(watchCursorKind, desktopScope(region, desktop), cursor, maxWatchCursorLength)
+	b, err := k.open(kindWatchCursor, cursorBinding(region, desktop), cursor, maxWatchCursorLength)
 	switch {
-	case errors.Is(err, errTokenScope):
+	case errors.Is(err, errTokenInvalid):
 		return nil, errCursorOtherDesk
-	case err != nil:
+	case errors.Is(err, errTokenMalformed):
 		return nil, errCursorMalformed
+	case err != nil:
+		return nil, fieldError("resume_cursor", err)
 	}
 	r := payloadReader{b: b}
 	mark, n := binary.Varint(r.b)
@@ -74,7 +73,7 @@ func decodeWatchCursor(region, desktop, cursor string) (*watchCursor, error) {
 		return nil, errCursorMalformed
 	}
 	c.atMark, c.running = atMark, running
-	if encodeWatchCursor(region, desktop, c) != cursor {
+	if encodeWatchCursor(k, region, desktop, c) != cursor {
 		return nil, errCursorMalformed // not the canonical spelling
 	}
 	return c, nil

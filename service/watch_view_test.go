@@ -103,9 +103,9 @@ func TestWatchDiffIgnoresOrderAndDuplicates(t *testing.T) {
 				if got := c.events(next); len(got) != 0 {
 					t.Fatalf("after the events the cursor still lacks %q", described(got))
 				}
-				tok := encodeWatchCursor("cn-hangzhou", "ecd-a", c)
-				back, err := decodeWatchCursor("cn-hangzhou", "ecd-a", tok)
-				if err != nil || encodeWatchCursor("cn-hangzhou", "ecd-a", back) != tok {
+				tok := encodeWatchCursor(fleetKeys, "cn-hangzhou", "ecd-a", c)
+				back, err := decodeWatchCursor(fleetKeys, "cn-hangzhou", "ecd-a", tok)
+				if err != nil || encodeWatchCursor(fleetKeys, "cn-hangzhou", "ecd-a", back) != tok {
 					t.Fatalf("cursor round trip: %v", err)
 				}
 			}
@@ -128,8 +128,8 @@ func TestWatchCursorCutInsideABatch(t *testing.T) {
 		for _, e := range events[:cut] {
 			c.apply(e)
 		}
-		tok := encodeWatchCursor("cn-hangzhou", "ecd-a", c)
-		c, err := decodeWatchCursor("cn-hangzhou", "ecd-a", tok)
+		tok := encodeWatchCursor(fleetKeys, "cn-hangzhou", "ecd-a", c)
+		c, err := decodeWatchCursor(fleetKeys, "cn-hangzhou", "ecd-a", tok)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,17 +142,17 @@ func TestWatchCursorCutInsideABatch(t *testing.T) {
 func TestDecodeWatchCursorRejectsJunk(t *testing.T) {
 	t.Parallel()
 	c := cursorOf(newWatchView([]upstream.Record{change(0, 2, "m-b", "m-c"), change(1, 2, "m-a", "m-b")}, time.Time{}))
-	good := encodeWatchCursor("cn-hangzhou", "ecd-a", c)
+	good := encodeWatchCursor(fleetKeys, "cn-hangzhou", "ecd-a", c)
 	unsorted := c.clone()
 	slices.Reverse(unsorted.atMark)
 	for name, tok := range map[string]string{
 		"junk":            "junk!",
-		"another desktop": encodeWatchCursor("cn-hangzhou", "ecd-b", c),
-		"a page token":    encodeToken("cn-hangzhou", "ecd-a", upstream.Cursor{Token: "x"}),
-		"unsorted keys":   encodeWatchCursor("cn-hangzhou", "ecd-a", unsorted),
+		"another desktop": encodeWatchCursor(fleetKeys, "cn-hangzhou", "ecd-b", c),
+		"a page token":    fleetKeys.sealCursor("cn-hangzhou", "ecd-a", upstream.Cursor{Token: "x"}),
+		"unsorted keys":   encodeWatchCursor(fleetKeys, "cn-hangzhou", "ecd-a", unsorted),
 		"truncated":       good[:len(good)-2],
 	} {
-		if _, err := decodeWatchCursor("cn-hangzhou", "ecd-a", tok); err == nil {
+		if _, err := decodeWatchCursor(fleetKeys, "cn-hangzhou", "ecd-a", tok); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}

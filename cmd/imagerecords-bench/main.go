@@ -23,6 +23,16 @@
 //  6. unary ListImageModifiedRecords at concurrency 64, no latency
 //  7. a fleet: 500 desktops × 250 records at 20 ms under a quota of 100 calls/s
 //  8. fleet memory: 1,000 desktops × 1,000 records to a slow reader
+//  9. the attacks of issue 14 together (idle connection floods,
+//     never-reading streams, unauthenticated health Watch, gzip bombs,
+//     forged page tokens, slow request bodies, SIGHUP) for -s9-duration
+//     against the gateway in a process of its own at its defaults, while a
+//     legitimate caller lists and streams: its success rate and p99, and the
+//     gateway's RSS before, at its peak and after. Not run by default:
+//     -scenarios 9.
+//
+// "imagerecords-bench serve-gateway [gateway flags]" is the gateway process
+// of scenario 9.
 package main
 
 import (
@@ -72,6 +82,8 @@ type options struct {
 	s8Desktops    int
 	s8Records     int
 	s8Small       int
+	s9Duration    time.Duration
+	s9After       time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -109,6 +121,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.s8Desktops, "s8-desktops", 1000, "scenario 8: desktops of the big fleet")
 	fs.IntVar(&o.s8Records, "s8-records", 1000, "scenario 8: records per desktop")
 	fs.IntVar(&o.s8Small, "s8-small", 100, "scenario 8: desktops of the fleet it is compared with (long enough to fill the workers and the client's window, as the big one does)")
+	fs.DurationVar(&o.s9Duration, "s9-duration", 60*time.Second, "scenario 9: how long the attacks last")
+	fs.DurationVar(&o.s9After, "s9-after", 90*time.Second, "scenario 9: how long after the attack the gateway's RSS is read again")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -120,7 +134,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-scenarios: %w", err)
 	}
 	for _, n := range o.scenarios {
-		if n < 1 || n > 8 {
+		if n < 1 || n > 9 {
 			return o, fmt.Errorf("-scenarios: there is no scenario %d", n)
 		}
 	}
@@ -151,6 +165,9 @@ func parseInts(s string) ([]int, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == serveGatewayCommand {
+		os.Exit(serveGateway(os.Args[2:]))
+	}
 	o, err := parseFlags(os.Args[1:], os.Stderr)
 	if err != nil {
 		if err != flag.ErrHelp {
@@ -175,6 +192,7 @@ func run(o options, stdout, stderr io.Writer) error {
 		6: scenarioUnary,
 		7: scenarioFleetSpeed,
 		8: scenarioFleetMemory,
+		9: scenarioAttack,
 	}
 	order := slices.Sorted(slices.Values(o.scenarios))
 	reports := map[int]*report{}
@@ -216,6 +234,9 @@ func printMachine(w io.Writer, o options) {
 		"           gateway clients: connect-go gRPC over h2c, %s, per-stream receive window %s;\n"+
 		"           reference: net/http + encoding/json calling the simulator directly, MaxResults=100, V3-signed\n",
 		o.telemetry, qps, gzip, window)
+	if slices.Contains(o.scenarios, 7) {
+		fmt.Fprintln(w, "           scenario 7 has a setup of its own: the gateway in a process of its own at imagerecordsd's defaults (see its notes)")
+	}
 	fmt.Fprintf(w, "load:      %s (1, 5, 15 min load average at start; the machine is shared)\n", loadAverage())
 }
 

@@ -199,7 +199,12 @@ func scenarioManyCallers(o options, log io.Writer) (*report, error) {
 		ids[i] = fmt.Sprintf("ecd-s5d%05d", i)
 		desktops[i] = ecdsim.Desktop{ID: ids[i], Records: n}
 	}
-	st, err := o.stack(desktops, o.latency)
+	cfg := o.stackConfig(desktops, o.latency)
+	// Every caller of this scenario comes from one loopback address, one
+	// peer to the gateway: the per-peer stream cap (100) would refuse all
+	// but a hundred of them. The scenario measures many callers.
+	cfg.maxStreamsPerPeer = streams
+	st, err := startStack(cfg)
 	if err != nil {
 		return nil, err
 	}

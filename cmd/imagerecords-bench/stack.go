@@ -54,6 +54,9 @@ type stackConfig struct {
 	beforeSend func(size int)
 	// quota is the simulator's account quota (zero: none).
 	quota ecdsim.Quota
+	// maxStreamsPerPeer, when positive, is the gateway's
+	// --max-streams-per-peer; 0 keeps imagerecordsd's default.
+	maxStreamsPerPeer int
 }
 
 // stack is one in-process deployment on loopback, started by the test kit
@@ -84,12 +87,16 @@ func startStack(cfg stackConfig) (*stack, error) {
 	default:
 		return nil, fmt.Errorf("unknown telemetry mode %q (want %s or %s)", cfg.telemetry, telemetryNoop, telemetrySDK)
 	}
+	args := []string{
+		"--compress-min-bytes", strconv.Itoa(cfg.compressMin),
+		"--upstream-qps", strconv.FormatFloat(cfg.upstreamQPS, 'g', -1, 64),
+		"--upstream-burst", strconv.Itoa(cfg.upstreamBurst),
+	}
+	if cfg.maxStreamsPerPeer > 0 {
+		args = append(args, "--max-streams-per-peer", strconv.Itoa(cfg.maxStreamsPerPeer))
+	}
 	kit, err := gatewaytest.Start(gatewaytest.Config{
-		Args: []string{
-			"--compress-min-bytes", strconv.Itoa(cfg.compressMin),
-			"--upstream-qps", strconv.FormatFloat(cfg.upstreamQPS, 'g', -1, 64),
-			"--upstream-burst", strconv.Itoa(cfg.upstreamBurst),
-		},
+		Args:      args,
 		Desktops:  cfg.desktops,
 		Faults:    ecdsim.Faults{Latency: cfg.latency},
 		Quota:     cfg.quota,

@@ -12,9 +12,10 @@ import (
 	"github.com/imagerecords/imagerecords/upstream"
 )
 
-// accessLog writes one line per RPC: method, protocol, code, duration,
-// records delivered and upstream calls made; for a fleet, how many desktops
-// it asked for and how many ended done or failed (counts, never ids). It runs inside the tracing
+// accessLog writes one line per RPC: the caller (peer and bearer token
+// id, never the token), method, protocol, code, duration, records
+// delivered and upstream calls made; for a fleet, how many desktops it
+// asked for and how many ended done or failed (counts, never ids). It runs inside the tracing
 // interceptor, so the line carries the RPC's trace_id.
 type accessLog struct{ logger *slog.Logger }
 
@@ -95,7 +96,7 @@ func (c *countingConn) Send(msg any) error {
 
 func (a accessLog) log(ctx context.Context, spec connect.Spec, protocol string, start time.Time, err error, counts *countingConn, stats *upstream.CallStats) {
 	code, level := "ok", slog.LevelInfo
-	attrs := make([]slog.Attr, 0, 13)
+	attrs := make([]slog.Attr, 0, 15)
 	if err != nil {
 		c := connect.CodeOf(err)
 		code = c.String()
@@ -110,6 +111,11 @@ func (a accessLog) log(ctx context.Context, spec connect.Spec, protocol string, 
 			msg = cerr.Message()
 		}
 		attrs = append(attrs, slog.String("error", msg))
+	}
+	who := callerFrom(ctx)
+	attrs = append(attrs, slog.String("peer", who.peer))
+	if who.tokenID != "" {
+		attrs = append(attrs, slog.String("token_id", who.tokenID))
 	}
 	attrs = append(attrs,
 		slog.String("procedure", spec.Procedure),

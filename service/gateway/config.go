@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -104,6 +105,38 @@ type Config struct {
 	SimulateLive         ecdsim.Live
 	// SimulateOrder is the simulator's record order.
 	SimulateOrder ecdsim.Order
+	// Hardening (issue 14): connection, stream and caller limits, token
+	// keys, insecure upstreams.
+
+	// IdleTimeout closes a connection that has had no request in progress
+	// (HTTP/1.1) or no stream open (HTTP/2) for this long.
+	IdleTimeout time.Duration
+	// MaxConnections bounds the open connections; past it, an idle
+	// connection is closed to make room, or the new one is refused.
+	MaxConnections int
+	// MaxConnectionsPerPeer bounds the open connections from one remote
+	// address (an IPv6 /64); TrustedProxies are exempt.
+	MaxConnectionsPerPeer int
+	// PeerIdentity is what the per-peer limits count by and the logs name:
+	// PeerRemoteIP, PeerClientCert, PeerToken, or PeerHeaderPrefix+name.
+	PeerIdentity string
+	// TrustedProxies are the addresses whose forwarded identity header
+	// (PeerHeaderPrefix) is believed, and whose connections are exempt from
+	// MaxConnectionsPerPeer: the mesh sidecar.
+	TrustedProxies []netip.Prefix
+	// StreamStallTimeout cuts a response whose caller has accepted no data
+	// for this long.
+	StreamStallTimeout time.Duration
+	// MaxStreamsPerPeer bounds the streaming RPCs open at once per peer,
+	// and per bearer token.
+	MaxStreamsPerPeer int
+	// TokenKeyFile holds the keys that seal page and resume tokens, one per
+	// line, the sealing key first; empty: a random key of this process.
+	TokenKeyFile string
+	// UpstreamAllowInsecure allows an http:// upstream endpoint other than
+	// loopback, where the AccessKey id, signatures and STS token travel in
+	// clear text.
+	UpstreamAllowInsecure bool
 }
 
 // DefaultConfig returns the production defaults: what a user gets who sets
@@ -136,6 +169,14 @@ func DefaultConfig() Config {
 		WatchMaxInterval: service.DefaultWatchIntervals().Max,
 		SimulateLive:     ecdsim.Live{Every: ecdsim.DefaultLiveEvery, InProgress: ecdsim.DefaultLiveInProgress, FailFraction: 0.2},
 		SimulateOrder:    ecdsim.OldestFirst,
+		// Hardening (issue 14), sized for a pod of 2 cores and 512 MiB:
+		// see the README's Security section for each figure.
+		IdleTimeout:           2 * time.Minute,
+		MaxConnections:        1024,
+		MaxConnectionsPerPeer: 256,
+		PeerIdentity:          PeerRemoteIP,
+		StreamStallTimeout:    30 * time.Second,
+		MaxStreamsPerPeer:     100,
 	}
 }
 
@@ -195,6 +236,16 @@ func (c *Config) FlagSet(output io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.SimulateLive.Every, "simulate-live-every", c.SimulateLive.Every, "with --simulate-live-desktops: mean time between the starts of a live desktop's changes")
 	fs.DurationVar(&c.SimulateLive.InProgress, "simulate-live-in-progress", c.SimulateLive.InProgress, "with --simulate-live-desktops: mean time a change stays in progress")
 	fs.Var(orderFlag{&c.SimulateOrder}, "simulate-order", "with --simulate: the simulator's record order, oldest or newest (first)")
+	// Hardening (issue 14).
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close a connection with no request in progress (HTTP/1.1) or no stream open (HTTP/2) for this long")
+	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections, "open connections at most; past it an idle connection is closed to make room, or the new one is refused")
+	fs.IntVar(&c.MaxConnectionsPerPeer, "max-connections-per-peer", c.MaxConnectionsPerPeer, "open connections at most from one remote address (IPv6: one /64); --trusted-proxies are exempt")
+	fs.StringVar(&c.PeerIdentity, "peer-identity", c.PeerIdentity, "what per-peer limits count by and logs name: remote-ip, client-cert (mTLS URI/DNS SAN or CN), token (bearer token id), or header:<name> (set by --trusted-proxies only)")
+	fs.Var(prefixList{&c.TrustedProxies}, "trusted-proxies", "comma-separated addresses or CIDRs of proxies (the mesh sidecar) whose identity header is believed and whose connections skip --max-connections-per-peer")
+	fs.DurationVar(&c.StreamStallTimeout, "stream-stall-timeout", c.StreamStallTimeout, "cut a stream (or response) whose caller has accepted no data for this long; it resumes from its last resume_token")
+	fs.IntVar(&c.MaxStreamsPerPeer, "max-streams-per-peer", c.MaxStreamsPerPeer, "streaming RPCs (record streams, health Watch, reflection) open at once per peer, and per bearer token")
+	fs.StringVar(&c.TokenKeyFile, "token-key-file", c.TokenKeyFile, "keys (one per line, at least 32 bytes, the sealing key first) that sign page and resume tokens, the same on every replica, re-read on SIGHUP; empty: a random key of this process")
+	fs.BoolVar(&c.UpstreamAllowInsecure, "upstream-allow-insecure", c.UpstreamAllowInsecure, "allow an http:// --upstream-endpoint other than loopback, sending the AccessKey id, signatures and any STS token in clear text")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: imagerecordsd [flags]\n       imagerecordsd --version\n\nEvery flag can also be set by the environment variable %s<FLAG> (upper case, - as _).\nCredentials come from the standard Alibaba Cloud chain (ALIBABA_CLOUD_ACCESS_KEY_ID, ...).\n\nFlags:\n", EnvPrefix)
 		fs.PrintDefaults()
@@ -323,7 +374,10 @@ func (c Config) Validate() error {
 	if err := c.validateOperations(); err != nil {
 		return err
 	}
-	return c.validateFleetWatch()
+	if err := c.validateFleetWatch(); err != nil {
+		return err
+	}
+	return c.validateHardening()
 }
 
 // validateFleetWatch checks the settings of fleets and watches (issue 12).
@@ -338,5 +392,79 @@ func (c Config) validateFleetWatch() error {
 	case c.SimulateLive.Every <= 0 || c.SimulateLive.InProgress <= 0:
 		return usage("--simulate-live-every %v and --simulate-live-in-progress %v must be positive, e.g. 1m and 15s", c.SimulateLive.Every, c.SimulateLive.InProgress)
 	}
+	return nil
+}
+
+// validateHardening checks the settings of issue 14.
+func (c Config) validateHardening() error {
+	switch {
+	case c.IdleTimeout <= 0 || c.StreamStallTimeout <= 0:
+		return usage("--idle-timeout (%v) and --stream-stall-timeout (%v) must be positive", c.IdleTimeout, c.StreamStallTimeout)
+	case c.MaxConnections <= 0 || c.MaxConnectionsPerPeer <= 0 || c.MaxStreamsPerPeer <= 0:
+		return usage("--max-connections (%d), --max-connections-per-peer (%d) and --max-streams-per-peer (%d) must be positive",
+			c.MaxConnections, c.MaxConnectionsPerPeer, c.MaxStreamsPerPeer)
+	}
+	peers, err := parsePeerIdentity(c.PeerIdentity, c.TrustedProxies)
+	if err != nil {
+		return usage("%w", err)
+	}
+	switch {
+	case peers.mode == PeerClientCert && c.ClientCA == "":
+		return usage("--peer-identity client-cert needs --client-ca (and --tls-cert): without mTLS there is no client certificate")
+	case peers.mode == PeerToken && c.AuthTokensFile == "":
+		return usage("--peer-identity token needs --auth-tokens-file")
+	case peers.mode == PeerHeaderPrefix && len(c.TrustedProxies) == 0:
+		return usage("--peer-identity %s needs --trusted-proxies: the header is believed only from them", c.PeerIdentity)
+	}
+	if c.UpstreamEndpoint != "" && !c.UpstreamAllowInsecure {
+		if u, err := url.Parse(c.UpstreamEndpoint); err == nil && u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+			return usage("--upstream-endpoint %q is plain http: the AccessKey id, request signatures and any STS token would cross the network in clear text; use https, or add --upstream-allow-insecure if the network is trusted", c.UpstreamEndpoint)
+		}
+	}
+	return nil
+}
+
+// loopbackHost reports whether host (of a URL) is this machine.
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// prefixList is the flag.Value of --trusted-proxies: comma-separated IP
+// addresses or CIDR prefixes.
+type prefixList struct{ v *[]netip.Prefix }
+
+func (f prefixList) String() string {
+	if f.v == nil {
+		return ""
+	}
+	s := make([]string, len(*f.v))
+	for i, p := range *f.v {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func (f prefixList) Set(s string) error {
+	var out []netip.Prefix
+	for item := range strings.SplitSeq(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(item); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(item)
+		if err != nil {
+			return fmt.Errorf("%q is neither an IP address nor a CIDR prefix", item)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	*f.v = out
 	return nil
 }

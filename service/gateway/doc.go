@@ -1,9 +1,11 @@
 // Package gateway wires ImageRecordsService into a server: the typed
 // [Config] with its production defaults and flags, the one handler chain
-// (tracing, access log, shutdown guard, bearer tokens, panic recovery, read
-// limits, compression), health, reflection, TLS, the admin listener,
-// serving and draining, telemetry, and the upstream client built from the
-// Config. The daemon (cmd/imagerecordsd), the benchmark
+// (bearer tokens before any body is read, the caller's identity, stream,
+// stall and body limits, tracing, access log, shutdown guard, panic
+// recovery, read limits, compression), health, reflection, TLS,
+// connection limits, the admin listener, serving and draining, telemetry,
+// and the upstream client built from the Config, with its calls admitted
+// in turns per caller. The daemon (cmd/imagerecordsd), the benchmark
 // (cmd/imagerecords-bench) and the end-to-end tests all build their gateway
 // here, so they run the same code.
 //

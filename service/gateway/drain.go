@@ -49,7 +49,8 @@ func (c Config) MaxExitTime() time.Duration {
 // the drain delay. It returns early with the server's error if the server
 // stops meanwhile.
 func (g *Gateway) beginDrain(served <-chan error) error {
-	g.health.draining.Store(true)
+	g.hardened.watches.drain() // health Watch streams end after the NOT_SERVING that follows
+	g.health.setDraining()
 	delay := g.cfg.DrainDelay
 	g.logger.Info("draining: readiness is NOT_SERVING; still accepting calls for the drain delay", slog.Duration("drain_delay", delay))
 	if delay <= 0 {

@@ -37,6 +37,7 @@ type Gateway struct {
 	tls      *tls.Config // nil for cleartext
 	tlsFiles *tlsFiles   // nil for cleartext
 	chain    []string
+	hardened *hardening
 	draining atomic.Bool
 	// inflight counts the service handler's requests in progress.
 	inflight sync.WaitGroup
@@ -46,11 +47,14 @@ type Gateway struct {
 // recording to tel. It reads the files cfg names (TLS, tokens) now, so a
 // bad file fails here rather than at the first call.
 //
-// The handler chain is built here and nowhere else: tracing and RPC
-// metrics outermost, then the access log, the shutdown guard, the bearer
-// token check (with Config.AuthTokensFile), and panic recovery, plus the
-// read limit and compression settings. Health checks answer without a
-// token. svcOpts come last to the service (tests pass a fake watch clock).
+// The handler chain is built here and nowhere else. Before connect reads
+// a body, HTTP layers check the bearer token (with Config.AuthTokensFile;
+// health Check answers without one), name the caller, and bound its
+// streams, stalls and request bodies (hardening.go); then the
+// interceptors: tracing and RPC metrics outermost, the access log, the
+// shutdown guard and panic recovery, plus the read limit and compression
+// settings. svcOpts come last to the service (tests pass a fake watch
+// clock).
 func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry, svcOpts ...service.Option) (*Gateway, error) {
 	g := &Gateway{
 		cfg:    cfg,
@@ -65,6 +69,9 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry, svcO
 		logger.Info("bearer token auth on", slog.Int("tokens", g.auth.tokens()))
 	}
 	if g.tls, g.tlsFiles, err = serverTLS(cfg, logger); err != nil {
+		return nil, err
+	}
+	if g.hardened, err = newHardening(cfg, logger, tel); err != nil {
 		return nil, err
 	}
 	otelOpts := []otelconnect.Option{
@@ -84,12 +91,9 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry, svcO
 		{"access-log", accessLog{logger: logger}.interceptor()},
 		{"lifecycle", lifecycle(g)},
 	}
-	if g.auth != nil {
-		interceptors = append(interceptors, namedInterceptor{"bearer-auth", g.auth.interceptor()})
-	}
 	opts := []namedOption{
 		{"compress-min-bytes=" + strconv.Itoa(cfg.CompressMinBytes), responseCompression(cfg.CompressMinBytes)},
-		{"compression=gzip(best-speed)", connect.WithCompression("gzip", newGzipReader, newGzipWriter)},
+		{"compression=gzip(best-speed)", connect.WithCompression("gzip", newBoundedGzipReader(int64(cfg.MaxRequestBytes)), newGzipWriter)},
 		{"read-max-bytes=" + strconv.Itoa(cfg.MaxRequestBytes), connect.WithReadMaxBytes(cfg.MaxRequestBytes)},
 		{"recover", connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.LogAttrs(ctx, slog.LevelError, "panic in handler", slog.String("procedure", spec.Procedure), slog.Any("panic", p))
@@ -108,28 +112,26 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry, svcO
 		handlerOpts = append(handlerOpts, o.option)
 	}
 
-	svc := service.New(api, append([]service.Option{
+	svc := service.New(g.hardened.upstream(api), append(append(g.hardened.serviceOptions(),
 		service.WithLogger(logger), service.WithMeterProvider(tel.MeterProvider), service.WithTracerProvider(tel.TracerProvider),
 		service.WithFleetConcurrency(cfg.FleetConcurrency),
 		service.WithWatchIntervals(service.WatchIntervals{Min: cfg.WatchMinInterval, Max: cfg.WatchMaxInterval}),
-	}, svcOpts...)...)
+	), svcOpts...)...)
 	mux := http.NewServeMux()
 	mux.Handle(imagerecordsv1connect.NewImageRecordsServiceHandler(svc, handlerOpts...))
-	mux.Handle(grpchealth.NewHandler(g.health))
+	mux.Handle(grpchealth.NewHandler(g.health, g.hardened.readLimits()...))
 	if cfg.Reflection {
 		reflector := grpcreflect.NewStaticReflector(imagerecordsv1connect.ImageRecordsServiceName)
-		reflOpts := []connect.HandlerOption{connect.WithReadMaxBytes(cfg.MaxRequestBytes)}
-		if g.auth != nil {
-			reflOpts = append(reflOpts, connect.WithInterceptors(g.auth.interceptor()))
-		}
+		reflOpts := g.hardened.readLimits()
 		mux.Handle(grpcreflect.NewHandlerV1(reflector, reflOpts...))
 		mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, reflOpts...))
 		g.chain = append(g.chain, "reflection")
 	}
+	served := g.hardened.handler(mux, g.auth, &g.chain)
 	g.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		g.inflight.Add(1)
 		defer g.inflight.Done()
-		mux.ServeHTTP(w, r)
+		served.ServeHTTP(w, r)
 	})
 
 	admin := http.NewServeMux()
@@ -190,21 +192,27 @@ func (g *Gateway) WaitIdle() { g.inflight.Wait() }
 func (g *Gateway) Draining() bool { return g.draining.Load() }
 
 // Reload re-reads what can change while the gateway runs: the TLS
-// certificate, key and client CAs (when they changed), and the bearer
-// tokens file. A failed reload keeps what is in force. The daemon calls it
-// on SIGHUP.
+// certificate, key and client CAs (when they changed), the bearer tokens
+// file and the token key file. A failed reload keeps what is in force.
+// The daemon calls it on SIGHUP; it logs what it did.
 func (g *Gateway) Reload() error {
-	tlsErr := g.reloadTLS() // certificate rotation (issue 10)
-	if g.auth == nil {
-		g.logger.Info("reload: no --auth-tokens-file to reload")
-		return tlsErr
+	errs := []error{g.reloadTLS()} // certificate rotation (issue 10)
+	if g.auth != nil {
+		if err := g.auth.reload(); err != nil {
+			g.logger.Error("auth tokens not reloaded; the previous tokens stay in force", slog.String("error", err.Error()))
+			errs = append(errs, err)
+		} else {
+			g.logger.Info("auth tokens reloaded", slog.Int("tokens", g.auth.tokens()))
+		}
 	}
-	if err := g.auth.reload(); err != nil {
-		g.logger.Error("auth tokens not reloaded; the previous tokens stay in force", slog.String("error", err.Error()))
-		return errors.Join(tlsErr, err)
+	keyFile, err := g.hardened.reload(g.logger)
+	if err != nil {
+		errs = append(errs, err)
 	}
-	g.logger.Info("auth tokens reloaded", slog.Int("tokens", g.auth.tokens()))
-	return tlsErr
+	if g.auth == nil && !keyFile && g.cfg.TLSCert == "" {
+		g.logger.Info("reload: nothing to reload (no --auth-tokens-file, --token-key-file or --tls-cert)")
+	}
+	return errors.Join(errs...)
 }
 
 // responseCompression compresses responses of at least minBytes when the
@@ -218,8 +226,6 @@ func responseCompression(minBytes int) connect.HandlerOption {
 	}
 	return connect.WithCompressMinBytes(minBytes)
 }
-
-func newGzipReader() connect.Decompressor { return &gzip.Reader{} }
 
 // newGzipWriter compresses at the fastest level: records compress well even
 // so, for a fraction of the default level's CPU.

@@ -67,6 +67,8 @@ type healthChecker struct {
 	inflight *credentialsCheck
 	// lastOK and asked are the previous answer, for logging changes.
 	lastOK, asked bool
+	// watchers are the onChange callbacks of health Watch streams.
+	watchers map[*func()]struct{}
 }
 
 // credentialsCheck is one question to the credentials provider; err is
@@ -76,7 +78,57 @@ type credentialsCheck struct {
 	err  error
 }
 
-var _ grpchealth.Checker = (*healthChecker)(nil)
+var (
+	_ grpchealth.Checker = (*healthChecker)(nil)
+	_ grpchealth.Watcher = (*healthChecker)(nil)
+)
+
+// Watch serves grpc.health.v1.Health/Watch: onChange is called whenever
+// liveness or readiness may have changed (the drain began, the server
+// stopped, the credentials started or stopped resolving), and the handler
+// then sends the status Check answers.
+func (h *healthChecker) Watch(_ context.Context, req *grpchealth.CheckRequest, onChange func()) (func(), error) {
+	if req.Service != LivenessService && req.Service != ReadinessService {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("unknown service %q: ask %q for liveness or %q for readiness", req.Service, LivenessService, ReadinessService))
+	}
+	key := &onChange
+	h.mu.Lock()
+	if h.watchers == nil {
+		h.watchers = map[*func()]struct{}{}
+	}
+	h.watchers[key] = struct{}{}
+	h.mu.Unlock()
+	return func() {
+		h.mu.Lock()
+		delete(h.watchers, key)
+		h.mu.Unlock()
+	}, nil
+}
+
+// setDraining turns readiness off for good, and tells the watchers.
+func (h *healthChecker) setDraining() {
+	h.draining.Store(true)
+	h.notify()
+}
+
+// setStopped turns liveness off, and tells the watchers.
+func (h *healthChecker) setStopped() {
+	h.stopped.Store(true)
+	h.notify()
+}
+
+// notify calls every watcher's onChange.
+func (h *healthChecker) notify() {
+	h.mu.Lock()
+	calls := make([]func(), 0, len(h.watchers))
+	for f := range h.watchers {
+		calls = append(calls, *f)
+	}
+	h.mu.Unlock()
+	for _, f := range calls {
+		f()
+	}
+}
 
 // Check answers grpc.health.v1.Health/Check.
 func (h *healthChecker) Check(ctx context.Context, req *grpchealth.CheckRequest) (*grpchealth.CheckResponse, error) {
@@ -141,6 +193,7 @@ func (h *healthChecker) askCredentials(c *credentialsCheck, creds upstream.Crede
 	h.asked, h.lastOK = true, err == nil
 	h.mu.Unlock()
 	if changed {
+		h.notify()
 		if err == nil {
 			h.logger.Info("ready: the upstream credentials resolve")
 		} else {

@@ -27,6 +27,8 @@ type Addrs struct {
 // Alibaba Cloud chain, or from the simulator. SIGHUP reloads what is
 // reloadable ([Gateway.Reload]). It returns nil after a clean shutdown.
 func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer, ready func(*Gateway, Addrs)) error {
+	hup := catchSIGHUP() // first: a SIGHUP during start-up is not fatal either
+	defer hup.stop()
 	logger := NewLogger(stderr, cfg.LogLevel)
 	tel, err := NewTelemetry(ctx)
 	if err != nil {
@@ -65,9 +67,8 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer, ready func(*
 	if err != nil {
 		return err
 	}
+	hup.reload(g)
 	g.CheckCredentials(creds) // readiness: NOT_SERVING while no key resolves
-	stopReload := reloadOnSIGHUP(g)
-	defer stopReload()
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -114,27 +115,42 @@ func NewUpstream(cfg Config, creds upstream.CredentialsProvider, logger *slog.Lo
 	return upstream.NewClient(creds, append(opts, extra...)...)
 }
 
-// reloadOnSIGHUP calls g.Reload on every SIGHUP until the returned stop is
-// called. A SIGHUP is never fatal while the gateway runs.
-func reloadOnSIGHUP(g *Gateway) (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	done := make(chan struct{})
-	finished := make(chan struct{})
+// sighup receives SIGHUP from the moment catchSIGHUP returns until stop,
+// so the signal's default action (ending the process) never applies.
+type sighup struct {
+	signals  chan os.Signal
+	done     chan struct{}
+	finished chan struct{} // closed when the reload loop ended; nil before it began
+}
+
+func catchSIGHUP() *sighup {
+	h := &sighup{signals: make(chan os.Signal, 1), done: make(chan struct{})}
+	signal.Notify(h.signals, syscall.SIGHUP)
+	return h
+}
+
+// reload calls g.Reload on every SIGHUP (one that came during start-up
+// too) until stop. Reload logs what it did.
+func (h *sighup) reload(g *Gateway) {
+	h.finished = make(chan struct{})
 	go func() {
-		defer close(finished)
+		defer close(h.finished)
 		for {
 			select {
-			case <-done:
+			case <-h.done:
 				return
-			case <-hup:
-				_ = g.Reload() // Reload logs what it did
+			case <-h.signals:
+				_ = g.Reload()
 			}
 		}
 	}()
-	return func() {
-		signal.Stop(hup)
-		close(done)
-		<-finished
+}
+
+// stop stops receiving SIGHUP and waits for a reload in progress.
+func (h *sighup) stop() {
+	signal.Stop(h.signals)
+	close(h.done)
+	if h.finished != nil {
+		<-h.finished
 	}
 }

@@ -175,7 +175,7 @@ func TestTLSAndMutualTLS(t *testing.T) {
 func TestBearerTokenAuth(t *testing.T) {
 	t.Parallel()
 	tokens := filepath.Join(t.TempDir(), "tokens")
-	writeFile(t, tokens, "# callers of the gateway\ntoken-alpha-123\n\n  token-beta-456  \n")
+	writeFile(t, tokens, "# callers of the gateway\ntoken-alpha-0123456789\n\n  reports  token-beta-0123456789  \n")
 	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Args: []string{"--auth-tokens-file", tokens}})
 	list := func(header string) error {
 		req := connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: smallDesktop})
@@ -186,7 +186,7 @@ func TestBearerTokenAuth(t *testing.T) {
 		return err
 	}
 	before := h.Sim.Stats().Requests
-	for _, header := range []string{"", "Bearer ", "Bearer token-alpha-12", "Bearer token-alpha-1234", "Basic dG9rZW4tYWxwaGEtMTIz", "bearer token-alpha-123"} {
+	for _, header := range []string{"", "Bearer ", "Bearer token-alpha-012345678", "Bearer token-alpha-01234567890", "Basic dG9rZW4tYWxwaGEtMDEyMzQ1Njc4OQ==", "bearer token-alpha-0123456789", "Bearer reports"} {
 		err := list(header)
 		if connect.CodeOf(err) != connect.CodeUnauthenticated {
 			t.Errorf("Authorization %q: %v, want Unauthenticated", header, err)
@@ -199,7 +199,7 @@ func TestBearerTokenAuth(t *testing.T) {
 	if after := h.Sim.Stats().Requests; after != before {
 		t.Errorf("refused callers caused %d upstream calls", after-before)
 	}
-	for _, header := range []string{"Bearer token-alpha-123", "Bearer token-beta-456"} {
+	for _, header := range []string{"Bearer token-alpha-0123456789", "Bearer token-beta-0123456789"} {
 		if err := list(header); err != nil {
 			t.Errorf("Authorization %q: %v", header, err)
 		}
@@ -232,13 +232,13 @@ func TestTokenRevokedOnSIGHUPWithoutDroppingStreams(t *testing.T) {
 	defer signal.Stop(guard)
 
 	tokens := filepath.Join(t.TempDir(), "tokens")
-	writeFile(t, tokens, "token-old\ntoken-kept\n")
+	writeFile(t, tokens, "token-old-0123456789\ntoken-kept-0123456789\n")
 	run := gatewaytest.Run(t, "--simulate", "--simulate-latency", "5ms", "--auth-tokens-file", tokens)
 	addr, stderr, stop := run.Addrs.API, run.Stderr, run.Stop
 	c := gatewaytest.ClientOf(addr, connect.WithGRPC())
 	desktop := ecdsim.DefaultDesktops(1)[0] // 1234 records
 	req := connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktop.ID})
-	req.Header().Set("Authorization", "Bearer token-old")
+	req.Header().Set("Authorization", "Bearer token-old-0123456789")
 	stream, err := c.StreamImageModifiedRecords(t.Context(), req)
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +248,7 @@ func TestTokenRevokedOnSIGHUPWithoutDroppingStreams(t *testing.T) {
 	}
 	got := len(stream.Msg().GetRecords())
 
-	writeFile(t, tokens, "token-kept\ntoken-new\n")
+	writeFile(t, tokens, "token-kept-0123456789\ntoken-new-0123456789\n")
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -261,13 +261,13 @@ func TestTokenRevokedOnSIGHUPWithoutDroppingStreams(t *testing.T) {
 	// The reload happens on the gateway's signal goroutine; its log line
 	// says it took effect.
 	stderr.WaitFor(t, `"msg":"auth tokens reloaded","tokens":2`, 10*time.Second)
-	if err := list("token-new"); err != nil {
+	if err := list("token-new-0123456789"); err != nil {
 		t.Errorf("the new token after SIGHUP: %v", err)
 	}
-	if err := list("token-old"); connect.CodeOf(err) != connect.CodeUnauthenticated {
+	if err := list("token-old-0123456789"); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Errorf("the revoked token: %v", err)
 	}
-	if err := list("token-kept"); err != nil {
+	if err := list("token-kept-0123456789"); err != nil {
 		t.Errorf("the kept token: %v", err)
 	}
 	for stream.Receive() {

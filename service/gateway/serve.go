@@ -31,9 +31,12 @@ func (g *Gateway) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	// streams finish, and cancels them only when the grace period is over.
 	base, cancelBase := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelBase(nil)
-	defer g.health.stopped.Store(true) // liveness: off once the server stopped
-	defer g.watchTLSFiles()()          // certificate rotation (issue 10)
+	defer g.health.setStopped() // liveness: off once the server stopped
+	defer g.watchTLSFiles()()   // certificate rotation (issue 10)
 	srv := g.server(base)
+	limited := g.hardened.listener(ln) // connection limits (hardening.go)
+	g.hardened.server(srv, limited)
+	ln = limited
 	served := make(chan error, 1)
 	go func() {
 		if g.tls != nil {

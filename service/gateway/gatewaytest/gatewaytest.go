@@ -8,7 +8,9 @@ package gatewaytest
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +26,7 @@ import (
 	"github.com/aliyun/credentials-go/credentials"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
@@ -332,10 +335,43 @@ func H2C() *http.Client {
 	return &http.Client{Transport: &http.Transport{Protocols: &p}}
 }
 
+// H2CFrom is H2C with connections from the loopback address localIP
+// (127.0.0.2, 127.0.0.3, ...: Linux routes all of 127.0.0.0/8 to the
+// loopback interface), so a test can be several peers of the gateway's
+// per-peer limits; tune, when not nil, adjusts the transport (say, its
+// HTTP/2 receive window).
+func H2CFrom(localIP string, tune func(*http.Transport)) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(localIP)}}
+	c := H2C()
+	t := c.Transport.(*http.Transport)
+	t.DialContext = d.DialContext
+	if tune != nil {
+		tune(t)
+	}
+	return c
+}
+
 // ClientOf is an ImageRecordsService client of the gateway at addr
 // (host:port) over h2c.
 func ClientOf(addr string, opts ...connect.ClientOption) imagerecordsv1connect.ImageRecordsServiceClient {
 	return imagerecordsv1connect.NewImageRecordsServiceClient(H2C(), "http://"+addr, opts...)
+}
+
+// GzipBomb is a compressed gRPC request envelope of ImageRecordsService
+// whose message (a desktop_id of inflated zero bytes) is gzip-compressed
+// about a thousandfold: 60 MiB inflated fits under the gateway's 64 KiB
+// read limit.
+func GzipBomb(inflated int) []byte {
+	var z bytes.Buffer
+	gz, _ := gzip.NewWriterLevel(&z, gzip.BestCompression) // the level is valid
+	_, _ = gz.Write(protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.BytesType), uint64(inflated)))
+	zeros := make([]byte, 64<<10)
+	for left := inflated; left > 0; left -= len(zeros) {
+		_, _ = gz.Write(zeros[:min(left, len(zeros))])
+	}
+	_ = gz.Close()
+	envelope := binary.BigEndian.AppendUint32([]byte{1}, uint32(z.Len())) // flag 1: compressed
+	return append(envelope, z.Bytes()...)
 }
 
 // Protocol is one of the wire protocols the gateway serves on one port.

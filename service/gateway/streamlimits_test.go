@@ -1,0 +1,361 @@
+package gateway_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+
+	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
+	"github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1/imagerecordsv1connect"
+	"github.com/imagerecords/imagerecords/service/gateway"
+	"github.com/imagerecords/imagerecords/service/gateway/gatewaytest"
+	"github.com/imagerecords/imagerecords/upstream/ecdsim"
+)
+
+const (
+	streamPath    = "/" + imagerecordsv1connect.ImageRecordsServiceName + "/StreamImageModifiedRecords"
+	hugeDesktop   = "ecd-huge00000100000"
+	resumeDesktop = "ecd-resume000020000"
+)
+
+// clientFrom is a gRPC client of h from the loopback address ip, whose
+// HTTP/2 receive window per stream is window bytes (0: Go's 4 MiB).
+func clientFrom(h *gatewaytest.Stack, ip string, window int) imagerecordsv1connect.ImageRecordsServiceClient {
+	hc := gatewaytest.H2CFrom(ip, func(t *http.Transport) {
+		if window > 0 {
+			t.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: window}
+		}
+	})
+	return imagerecordsv1connect.NewImageRecordsServiceClient(hc, h.URL, connect.WithGRPC())
+}
+
+func streamRequest(desktop, token string) *connect.Request[imagerecordsv1.StreamImageModifiedRecordsRequest] {
+	return connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktop, PageToken: token})
+}
+
+// TestStalledStreamsAreCut is the attack of issue 14: 500 streams whose
+// caller never reads (a 1-byte HTTP/2 window), from five peers of 100
+// streams each (the per-peer cap), at the default limits. Each costs at most the page it is writing and one
+// prefetched page, is cut once it has accepted nothing for the stall
+// timeout, and meanwhile List calls from another peer keep their p99
+// under a second. A caller cut mid-stream resumes from the last resume
+// token it received, losing and repeating nothing.
+func TestStalledStreamsAreCut(t *testing.T) {
+	t.Parallel()
+	const attackers = 500
+	var ended atomic.Int64
+	allEnded := make(chan struct{})
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops: append([]ecdsim.Desktop{{ID: hugeDesktop, Records: 100_000}, {ID: resumeDesktop, Records: 20_000}}, testDesktops...),
+		// 2 s instead of the default 30 s, so the test does not wait half
+		// a minute; the cut is the same.
+		Args: []string{"--stream-stall-timeout", "2s"},
+		WrapHandler: func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				next.ServeHTTP(w, r)
+				if r.URL.Path == streamPath && ended.Add(1) == attackers+1 {
+					close(allEnded)
+				}
+			})
+		},
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	// The caller who will resume: a 256 KiB window (a few pages), reads
+	// one message, then stops reading.
+	resumer := clientFrom(h, "127.0.0.3", 256<<10)
+	slow, err := resumer.StreamImageModifiedRecords(ctx, streamRequest(resumeDesktop, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slow.Receive() {
+		t.Fatal(slow.Err())
+	}
+	received := []*gatewaytest.StreamMessage{slow.Msg()}
+
+	// List calls from another peer, from before the attack until every
+	// stalled stream is cut.
+	var mu sync.Mutex
+	var latencies []time.Duration
+	var failures []error
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			c := clientFrom(h, "127.0.0.1", 0)
+			for {
+				select {
+				case <-allEnded:
+					return
+				case <-ctx.Done():
+					return
+				default:
+				}
+				start := time.Now()
+				_, err := c.ListImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: smallDesktop}))
+				mu.Lock()
+				latencies = append(latencies, time.Since(start))
+				if err != nil {
+					failures = append(failures, err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	// The attack: all at once (opening a stream returns once its first
+	// page is fetched), from five peers, each one connection of 100
+	// streams: a client that held to no connection limit would dial a
+	// connection per stream and meet the per-peer connection cap instead.
+	const peers = 5
+	streams := make([]*connect.ServerStreamForClient[gatewaytest.StreamMessage], attackers)
+	var opened sync.WaitGroup
+	for p := range peers {
+		attacker := imagerecordsv1connect.NewImageRecordsServiceClient(gatewaytest.H2CFrom(fmt.Sprintf("127.0.0.%d", 10+p), func(t *http.Transport) {
+			t.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: 1, StrictMaxConcurrentRequests: true}
+		}), h.URL, connect.WithGRPC())
+		first := p * attackers / peers
+		// The first stream on its own, so that the others find its
+		// connection instead of each dialing one.
+		if streams[first], err = attacker.StreamImageModifiedRecords(ctx, streamRequest(hugeDesktop, "")); err != nil {
+			t.Fatal(err)
+		}
+		for i := first + 1; i < first+attackers/peers; i++ {
+			opened.Go(func() {
+				s, err := attacker.StreamImageModifiedRecords(ctx, streamRequest(hugeDesktop, ""))
+				if err != nil {
+					t.Error(err)
+				}
+				streams[i] = s
+			})
+		}
+	}
+	opened.Wait()
+	select {
+	case <-allEnded:
+	case <-ctx.Done():
+		t.Fatalf("after 2 minutes %d of %d stalled streams are still open", attackers+1-ended.Load(), attackers+1)
+	}
+	wg.Wait()
+
+	if len(failures) > 0 {
+		t.Errorf("%d of %d List calls from another peer failed, first: %v", len(failures), len(latencies), failures[0])
+	}
+	slices.Sort(latencies)
+	if len(latencies) < 20 {
+		t.Fatalf("only %d List calls during the attack", len(latencies))
+	}
+	if p99 := latencies[len(latencies)*99/100]; p99 > time.Second {
+		t.Errorf("List p99 %v during the attack (%d calls), want under 1 s", p99, len(latencies))
+	}
+	t.Logf("List during the attack: %d calls, p50 %v, p99 %v", len(latencies), latencies[len(latencies)/2], latencies[len(latencies)*99/100])
+
+	// At most the page being written and one prefetched page each.
+	if calls := h.Sim.DesktopCalls(hugeDesktop); calls > 2*attackers {
+		t.Errorf("%d stalled streams made %d upstream calls, want at most 2 each", attackers, calls)
+	}
+	for i, s := range streams {
+		if s == nil {
+			continue // failed to open, reported above
+		}
+		if _, err := gatewaytest.Drain(s); err == nil {
+			t.Fatalf("stalled stream %d ended cleanly; want it cut", i)
+		}
+	}
+
+	// The resumer: what arrived before the cut, then the rest from its
+	// last resume token, exactly once.
+	for slow.Receive() {
+		received = append(received, slow.Msg())
+	}
+	if slow.Err() == nil {
+		t.Fatal("the stalled stream that read one message ended cleanly")
+	}
+	records := gatewaytest.RecordsOf(received)
+	rest, err := gatewaytest.Stream(ctx, resumer, streamRequest(resumeDesktop, received[len(received)-1].GetResumeToken()).Msg)
+	if err != nil {
+		t.Fatalf("resuming after the cut: %v", err)
+	}
+	h.CheckRecords(t, resumeDesktop, len(records), gatewaytest.RecordsOf(rest))
+	if got := len(records) + len(gatewaytest.RecordsOf(rest)); got != 20_000 {
+		t.Errorf("%d records before the cut and after the resume, want 20000", got)
+	}
+}
+
+// longStream opens a stream of the huge desktop with c and waits for its
+// first message, so it is open at the gateway; it stays open until ctx
+// ends. It returns the error the stream ended with if it did not open.
+func longStream(ctx context.Context, c imagerecordsv1connect.ImageRecordsServiceClient, header http.Header) error {
+	req := streamRequest(hugeDesktop, "")
+	for k, v := range header {
+		req.Header()[k] = v
+	}
+	s, err := c.StreamImageModifiedRecords(ctx, req)
+	if err != nil {
+		return err
+	}
+	if !s.Receive() {
+		return s.Err()
+	}
+	return nil
+}
+
+// streamCall is one stream a case of TestStreamsArePerPeerAndPerToken
+// opens: from a loopback address, with headers.
+type streamCall struct {
+	from   string
+	header http.Header
+}
+
+func TestStreamsArePerPeerAndPerToken(t *testing.T) {
+	t.Parallel()
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	writeFile(t, tokens, "alpha token-alpha-0123456789\nbeta token-beta-0123456789\n")
+	bearer := func(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
+	caller := func(name string) http.Header { return http.Header{"X-Caller": {name}} }
+	desktops := append([]ecdsim.Desktop{{ID: hugeDesktop, Records: 100_000}}, testDesktops...)
+	// Every case caps streams at 3 instead of 1000, so that a few streams
+	// reach the cap.
+	testCases := []struct {
+		name   string
+		args   []string
+		full   []streamCall // opened first: they reach the cap
+		over   streamCall   // refused
+		others []streamCall // still served
+	}{{
+		name:   "per remote address",
+		args:   []string{"--max-streams-per-peer", "3"},
+		full:   []streamCall{{from: "127.0.0.2"}, {from: "127.0.0.2"}, {from: "127.0.0.2"}},
+		over:   streamCall{from: "127.0.0.2"},
+		others: []streamCall{{from: "127.0.0.3"}},
+	}, {
+		name: "per bearer token, whatever the address",
+		args: []string{"--max-streams-per-peer", "3", "--auth-tokens-file", tokens},
+		full: []streamCall{
+			{"127.0.0.2", bearer("token-alpha-0123456789")},
+			{"127.0.0.3", bearer("token-alpha-0123456789")},
+			{"127.0.0.4", bearer("token-alpha-0123456789")},
+		},
+		over:   streamCall{"127.0.0.5", bearer("token-alpha-0123456789")},
+		others: []streamCall{{"127.0.0.5", bearer("token-beta-0123456789")}},
+	}, {
+		name: "per identity forwarded by a trusted proxy",
+		args: []string{"--max-streams-per-peer", "3", "--peer-identity", "header:x-caller", "--trusted-proxies", "127.0.0.1"},
+		full: []streamCall{{"127.0.0.1", caller("alice")}, {"127.0.0.1", caller("alice")}, {"127.0.0.1", caller("alice")}},
+		over: streamCall{"127.0.0.1", caller("alice")},
+		others: []streamCall{
+			{"127.0.0.1", caller("bob")},
+			// From an address that is not a trusted proxy the header is
+			// ignored: this counts as 127.0.0.2, not as alice.
+			{"127.0.0.2", caller("alice")},
+		},
+	}}
+	for _, tc := range testCases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := gatewaytest.New(t, gatewaytest.Config{Desktops: desktops, Args: tc.args})
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel() // ends the open streams before the gateway drains
+			for i, s := range tc.full {
+				if err := longStream(ctx, clientFrom(h, s.from, 0), s.header); err != nil {
+					t.Fatalf("stream %d within the cap: %v", i+1, err)
+				}
+			}
+			err := longStream(ctx, clientFrom(h, tc.over.from, 0), tc.over.header)
+			if connect.CodeOf(err) != connect.CodeResourceExhausted {
+				t.Fatalf("a stream past the cap: %v, want ResourceExhausted", err)
+			}
+			if !strings.Contains(err.Error(), "too many streams") {
+				t.Errorf("the refusal does not say why: %v", err)
+			}
+			for i, s := range tc.others {
+				if err := longStream(ctx, clientFrom(h, s.from, 0), s.header); err != nil {
+					t.Errorf("other stream %d: %v", i+1, err)
+				}
+			}
+			// Unary calls are not streams: the capped caller still lists.
+			list := connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: smallDesktop})
+			for k, v := range tc.over.header {
+				list.Header()[k] = v
+			}
+			if _, err := clientFrom(h, tc.over.from, 0).ListImageModifiedRecords(ctx, list); err != nil {
+				t.Errorf("a List call of the capped caller: %v", err)
+			}
+		})
+	}
+}
+
+func TestHealthWatchIsBoundedAndEndsOnDrain(t *testing.T) {
+	t.Parallel()
+	t.Run("needs a token when tokens are on; Check does not", func(t *testing.T) {
+		t.Parallel()
+		tokens := filepath.Join(t.TempDir(), "tokens")
+		writeFile(t, tokens, "token-alpha-0123456789\n")
+		h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Args: []string{"--auth-tokens-file", tokens}})
+		health := grpchealth.NewClient(h.HTTP, h.URL, connect.WithGRPC())
+		if res, err := health.Check(t.Context(), &grpchealth.CheckRequest{}); err != nil || res.Status != grpchealth.StatusServing {
+			t.Errorf("Check without a token: %v %v", res, err)
+		}
+		for ev := range health.Watch(t.Context(), &grpchealth.CheckRequest{}) {
+			if connect.CodeOf(ev.Err) != connect.CodeUnauthenticated {
+				t.Errorf("Watch without a token: %+v, want Unauthenticated", ev)
+			}
+			break
+		}
+	})
+	t.Run("bounded, and ended by the drain", func(t *testing.T) {
+		t.Parallel()
+		// The Watch bound follows --max-connections (one Watch per
+		// connection, as grpc clients open them); 16 instead of 4096 keeps
+		// the test small.
+		const bound = 16
+		h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Args: []string{"--max-connections", "16"}})
+		health := grpchealth.NewClient(h.HTTP, h.URL, connect.WithGRPC())
+		var watches []<-chan grpchealth.WatchEvent
+		// Readiness, as grpc clients with client-side health checking
+		// watch it (liveness stays SERVING through the drain).
+		for i := range bound {
+			w := health.Watch(t.Context(), &grpchealth.CheckRequest{Service: gateway.ReadinessService})
+			if ev := <-w; ev.Err != nil || ev.Response.Status != grpchealth.StatusServing {
+				t.Fatalf("Watch %d: %+v", i+1, ev)
+			}
+			watches = append(watches, w)
+		}
+		ev := <-health.Watch(t.Context(), &grpchealth.CheckRequest{Service: gateway.ReadinessService})
+		if connect.CodeOf(ev.Err) != connect.CodeResourceExhausted {
+			t.Fatalf("Watch %d, past the bound: %+v, want ResourceExhausted", bound+1, ev)
+		}
+
+		start := time.Now()
+		if err := h.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		// Without the end of the Watch streams the drain would last the
+		// whole grace period (15 s).
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("the drain took %v with Watch streams open", took)
+		}
+		for i, w := range watches {
+			var statuses []grpchealth.Status
+			for ev := range w {
+				if ev.Err != nil {
+					t.Errorf("Watch %d ended with %v", i+1, ev.Err)
+					break
+				}
+				statuses = append(statuses, ev.Response.Status)
+			}
+			if !slices.Equal(statuses, []grpchealth.Status{grpchealth.StatusNotServing}) {
+				t.Errorf("Watch %d got %v after the drain began, want NOT_SERVING and its end", i+1, statuses)
+			}
+		}
+	})
+}
