@@ -34,7 +34,7 @@ import (
 // its flag is merged; the test fails when a listed variable has become a
 // real flag, so the list cannot outlive its reason.
 var expectedFlagsNotYetPresent = map[string]string{
-	"IMAGERECORDS_QUOTA_REDIS":    "--quota-redis (the shared quota)",
+	"IMAGERECORDS_QUOTA_REDIS": "--quota-redis (the shared quota)",
 }
 
 // rendered is one kustomization's output, decoded.
