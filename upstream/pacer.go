@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -36,11 +37,12 @@ import (
 //     (more than half the calls), throttling that grew, or nothing getting
 //     through at all, is always taken to be the quota's.
 //
-// Callers wait in one queue and go in arrival order, one slot every
-// 1/rate (after a burst allowance), at the rate in force when their turn
-// comes. RPCs sharing the pacer are served fairly: a long stream has at
-// most one call waiting at a time, so a List call waits behind at most
-// one call per RPC in progress.
+// Calls go one slot every 1/rate (after a burst allowance), at the rate in
+// force when their turn comes, and callers ([WithCaller]: a peer, a
+// token) take turns: each round serves the oldest waiting call of every
+// caller with calls waiting. A caller with a thousand streams open waits
+// behind its own calls, not the others: another caller's call waits for
+// about one call of each busy caller.
 //
 // On a simulated quota of 50 calls/s (pacer_test.go), one to three
 // replicas that know nothing of each other settle at 50 calls/s with
@@ -59,8 +61,14 @@ type Pacer struct {
 	rate float64
 	// tat is the theoretical arrival time of the next call (GCRA): a call
 	// may go at tat - (burst-1)/rate or later.
-	tat     time.Time
-	queue   []*waiter
+	tat time.Time
+	// queues are the waiting calls of each caller, oldest first; turns the
+	// callers with calls waiting, in turn order; next the caller whose
+	// turn it is; queued the calls waiting in all.
+	queues  map[string][]*waiter
+	turns   []string
+	next    int
+	queued  int
 	timerAt time.Time   // when the armed timer fires; zero: none armed
 	stop    func() bool // stops the armed timer
 
@@ -78,10 +86,10 @@ type Pacer struct {
 	holdUntil time.Time
 }
 
-// waiter is a caller in the queue; go is called once its slot comes.
+// waiter is a waiting call; goAt is called once its slot comes.
 type waiter struct {
-	deadline time.Time // zero: none
-	goAt     func(at time.Time)
+	caller string
+	goAt   func(at time.Time)
 }
 
 // window counts what happened in one pacing window.
@@ -197,19 +205,20 @@ func (p *Pacer) Rate() float64 {
 	return p.rate
 }
 
-// Queued returns how many callers wait for their slot.
+// Queued returns how many calls wait for their slot.
 func (p *Pacer) Queued() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.queue)
+	return p.queued
 }
 
 // ErrPacingDeadline reports that a call's slot would come after its
 // context's deadline; it wraps context.DeadlineExceeded.
 var ErrPacingDeadline = fmt.Errorf("no upstream quota slot before the deadline: %w", context.DeadlineExceeded)
 
-// Wait waits for the caller's slot and returns how long it waited. When
-// the slot would come after ctx's deadline it fails at once with
+// Wait waits for the caller's slot and returns how long it waited. The
+// caller is named by [WithCaller] (one queue for all unnamed callers).
+// When the slot would come after ctx's deadline it fails at once with
 // [ErrPacingDeadline]; when ctx ends while waiting it returns ctx's cause.
 func (p *Pacer) Wait(ctx context.Context) (time.Duration, error) {
 	if ctx.Err() != nil {
@@ -218,7 +227,7 @@ func (p *Pacer) Wait(ctx context.Context) (time.Duration, error) {
 	start := p.clock.Now()
 	deadline, _ := ctx.Deadline()
 	slot := make(chan time.Time, 1)
-	w, ok := p.enqueue(deadline, func(at time.Time) { slot <- at })
+	w, ok := p.enqueue(callerFrom(ctx), deadline, func(at time.Time) { slot <- at })
 	if !ok {
 		return 0, ErrPacingDeadline
 	}
@@ -236,44 +245,108 @@ func (p *Pacer) Wait(ctx context.Context) (time.Duration, error) {
 	}
 }
 
-// enqueue queues a caller whose slot calls goAt. A caller who may go at
-// once gets goAt called before enqueue returns, and a nil waiter. ok is
-// false, and nothing is queued, when the slot would come after deadline.
-func (p *Pacer) enqueue(deadline time.Time, goAt func(time.Time)) (_ *waiter, ok bool) {
+// callerKey names the caller of an upstream call in its context.
+type callerKey struct{}
+
+// WithCaller names the caller (a peer, a token) an upstream call is made
+// for: the [Pacer] takes callers in turns, so that a caller with many
+// calls waiting cannot keep the others waiting behind all of them.
+func WithCaller(ctx context.Context, caller string) context.Context {
+	return context.WithValue(ctx, callerKey{}, caller)
+}
+
+func callerFrom(ctx context.Context) string {
+	c, _ := ctx.Value(callerKey{}).(string)
+	return c
+}
+
+// enqueue queues a call of caller whose slot calls goAt. A call that may
+// go at once gets goAt called before enqueue returns, and a nil waiter. ok
+// is false, and nothing is queued, when the slot would come after
+// deadline.
+func (p *Pacer) enqueue(caller string, deadline time.Time, goAt func(time.Time)) (_ *waiter, ok bool) {
 	p.mu.Lock()
 	now := p.clock.Now()
 	p.roll(now)
-	if len(p.queue) == 0 && p.free(now) {
+	if p.queued == 0 && p.free(now) {
 		p.send(now, false)
 		p.mu.Unlock()
 		goAt(now)
 		return nil, true
 	}
-	if !deadline.IsZero() && p.estimate(now, len(p.queue)).After(deadline) {
+	if !deadline.IsZero() && p.estimate(now, p.ahead(caller)).After(deadline) {
 		p.mu.Unlock()
 		return nil, false
 	}
-	w := &waiter{deadline: deadline, goAt: goAt}
-	p.queue = append(p.queue, w)
+	w := &waiter{caller: caller, goAt: goAt}
+	if len(p.queues[caller]) == 0 {
+		p.turns = append(p.turns, caller)
+	}
+	if p.queues == nil {
+		p.queues = map[string][]*waiter{}
+	}
+	p.queues[caller] = append(p.queues[caller], w)
+	p.queued++
 	p.arm(now)
 	p.mu.Unlock()
 	return w, true
 }
 
-// cancel takes w out of the queue; false means its slot came already.
+// ahead is how many calls would go before a new call of caller: each
+// round of turns serves one call of every caller with calls waiting, so
+// it waits for its own calls, and for as many of every other caller's.
+func (p *Pacer) ahead(caller string) int {
+	mine := len(p.queues[caller])
+	n := 0
+	for _, q := range p.queues {
+		n += min(len(q), mine+1)
+	}
+	return n
+}
+
+// cancel takes w out of its queue; false means its slot came already.
 func (p *Pacer) cancel(w *waiter) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for i, q := range p.queue {
-		if q == w {
-			p.queue = append(p.queue[:i], p.queue[i+1:]...)
-			if i == 0 {
-				p.arm(p.clock.Now())
-			}
-			return true
-		}
+	q := p.queues[w.caller]
+	i := slices.Index(q, w)
+	if i < 0 {
+		return false
 	}
-	return false
+	p.queues[w.caller] = slices.Delete(q, i, i+1)
+	p.queued--
+	if len(p.queues[w.caller]) == 0 {
+		p.dropTurn(w.caller)
+	}
+	return true
+}
+
+// dropTurn takes caller, whose queue is empty, out of the turns.
+func (p *Pacer) dropTurn(caller string) {
+	delete(p.queues, caller)
+	i := slices.Index(p.turns, caller)
+	p.turns = slices.Delete(p.turns, i, i+1)
+	if p.next > i {
+		p.next--
+	}
+	if p.next >= len(p.turns) {
+		p.next = 0
+	}
+}
+
+// pop takes the next waiting call, the callers taking turns.
+func (p *Pacer) pop() *waiter {
+	caller := p.turns[p.next]
+	q := p.queues[caller]
+	w := q[0]
+	p.queues[caller] = q[1:]
+	p.queued--
+	if len(q) == 1 {
+		p.dropTurn(caller)
+	} else {
+		p.next = (p.next + 1) % len(p.turns)
+	}
+	return w
 }
 
 // interval is the time between slots at the current rate.
@@ -313,9 +386,9 @@ func (p *Pacer) send(now time.Time, waited bool) {
 	}
 }
 
-// arm makes the timer fire when the queue's head may go.
+// arm makes the timer fire when the next waiting call may go.
 func (p *Pacer) arm(now time.Time) {
-	if len(p.queue) == 0 {
+	if p.queued == 0 {
 		return
 	}
 	at := now
@@ -339,11 +412,9 @@ func (p *Pacer) dispatch() {
 	p.timerAt, p.stop = time.Time{}, nil
 	p.roll(now)
 	var ready []*waiter
-	for len(p.queue) > 0 && p.free(now) {
-		w := p.queue[0]
-		p.queue = p.queue[1:]
+	for p.queued > 0 && p.free(now) {
+		ready = append(ready, p.pop())
 		p.send(now, true)
-		ready = append(ready, w)
 	}
 	p.arm(now)
 	p.mu.Unlock()

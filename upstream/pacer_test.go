@@ -95,7 +95,7 @@ func (w *quotaWorld) AfterFunc(d time.Duration, f func()) func() bool {
 func (w *quotaWorld) caller(p *Pacer, latency time.Duration) {
 	var call func()
 	call = func() {
-		p.enqueue(time.Time{}, func(sent time.Time) {
+		p.enqueue("", time.Time{}, func(sent time.Time) {
 			w.at(sent.Add(latency/2), func() {
 				ok := w.quota.take(w.now) && !(w.faults > 0 && w.rng.Float64() < w.faults)
 				w.at(w.now.Add(latency/2), func() {
@@ -232,12 +232,12 @@ func TestPacerSpacesCallsFairly(t *testing.T) {
 	p.rate, p.tat = 10, w.now // past slow start, with its burst credit
 	var got []string
 	for i := range 6 {
-		p.enqueue(time.Time{}, func(at time.Time) { got = append(got, fmt.Sprintf("%d@%v", i, at.Sub(w.start))) })
+		p.enqueue("", time.Time{}, func(at time.Time) { got = append(got, fmt.Sprintf("%d@%v", i, at.Sub(w.start))) })
 	}
-	if _, ok := p.enqueue(w.now.Add(350*time.Millisecond), func(time.Time) { t.Error("a caller refused for its deadline went") }); ok {
+	if _, ok := p.enqueue("", w.now.Add(350*time.Millisecond), func(time.Time) { t.Error("a caller refused for its deadline went") }); ok {
 		t.Error("a slot 400 ms away was given to a caller with 350 ms left")
 	}
-	p.enqueue(time.Time{}, func(at time.Time) { got = append(got, fmt.Sprintf("6@%v", at.Sub(w.start))) })
+	p.enqueue("", time.Time{}, func(at time.Time) { got = append(got, fmt.Sprintf("6@%v", at.Sub(w.start))) })
 	w.run(time.Second)
 	want := []string{"0@0s", "1@0s", "2@0s", "3@100ms", "4@200ms", "5@300ms", "6@400ms"}
 	if !slices.Equal(got, want) {
@@ -260,5 +260,37 @@ func TestPacerStaysLowWhenNothingGetsThrough(t *testing.T) {
 	w.run(35 * time.Second)
 	if rate := float64(w.calls) / 30; rate > 2 {
 		t.Errorf("%.1f calls/s against an upstream that throttles every call, want at most 2%% of the ceiling of 100/s", rate)
+	}
+}
+
+// TestPacerTakesCallersInTurns: a caller with a hundred calls waiting does
+// not keep another caller's call waiting behind them, and a deadline is
+// judged by the calls really ahead.
+func TestPacerTakesCallersInTurns(t *testing.T) {
+	t.Parallel()
+	w := newQuotaWorld(1e9, 1e9)
+	p := newPacer(10, 1, w)
+	p.rate, p.tat = 10, w.now
+	var order []string
+	for i := range 100 {
+		if _, ok := p.enqueue("flood", time.Time{}, func(time.Time) { order = append(order, fmt.Sprintf("flood-%d", i)) }); !ok {
+			t.Fatal("refused without a deadline")
+		}
+	}
+	quiet := time.Time{}
+	// Two slots away (the flood's first call went at once, its second is
+	// next in turn): it fits a deadline of 250 ms at 10 calls/s.
+	if _, ok := p.enqueue("quiet", w.now.Add(250*time.Millisecond), func(at time.Time) {
+		order = append(order, "quiet")
+		quiet = at
+	}); !ok {
+		t.Fatal("the quiet caller's call was refused for a deadline its turn meets")
+	}
+	w.run(time.Second)
+	if i := slices.Index(order, "quiet"); i < 0 || i > 2 || quiet.Sub(w.start) > 200*time.Millisecond {
+		t.Errorf("the quiet caller's call went %dth, after %v (%q): want within two slots, not behind the flood", i+1, quiet.Sub(w.start), order[:min(len(order), 5)])
+	}
+	if _, ok := p.enqueue("flood", w.now.Add(time.Second), func(time.Time) {}); ok {
+		t.Error("a flood call behind ~90 of its own at 10/s was accepted with 1 s left")
 	}
 }

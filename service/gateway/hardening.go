@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"net/http"
@@ -15,7 +16,8 @@ import (
 // callers (issue 14): connection limits ([connLimiter]), auth before any
 // body is read and the caller's identity ([front]), stream limits, stalls
 // and slow requests ([requestGuard]), a per-peer share of the upstream
-// rate ([upstreamTurns]), bounded inflating ([boundedGzipReader]) and the
+// rate (upstream calls named by peer, which the client's pacer takes in
+// turns), bounded inflating ([boundedGzipReader]) and the
 // keys of page tokens ([tokenKeyFile]).
 type hardening struct {
 	cfg       Config
@@ -87,13 +89,16 @@ func (h *hardening) readLimits() []connect.HandlerOption {
 	}
 }
 
-// upstream returns the API the service calls: api behind turns per peer
-// at the rate limit, when there is one.
-func (h *hardening) upstream(api upstream.API) upstream.API {
-	if h.cfg.UpstreamQPS <= 0 {
-		return api
-	}
-	return newUpstreamTurns(api, h.cfg.UpstreamQPS, h.cfg.UpstreamBurst)
+// upstream returns the API the service calls: api with every call named
+// for its caller's peer, so that the upstream client's pacer takes peers
+// in turns (upstream.WithCaller).
+func (h *hardening) upstream(api upstream.API) upstream.API { return peerCalls{api} }
+
+// peerCalls names each upstream call for the peer of the RPC it serves.
+type peerCalls struct{ api upstream.API }
+
+func (p peerCalls) DescribeImageModifiedRecords(ctx context.Context, in upstream.DescribeInput) (*upstream.Page, error) {
+	return p.api.DescribeImageModifiedRecords(upstream.WithCaller(ctx, callerFrom(ctx).peer), in)
 }
 
 // serviceOptions are the service's options of the hardening: its token keys.
