@@ -238,6 +238,8 @@ func TestFleetValidatesBeforeAnyUpstreamCall(t *testing.T) {
 		}
 		return msgs[0].GetResumeToken()
 	}()
+	// The fleet above was cut by its caller; its page calls end with it.
+	h.Gateway.WaitIdle()
 	requests := h.Sim.Stats().Requests
 	testCases := []struct {
 		name  string

@@ -170,5 +170,13 @@ func FuzzDecodeFleetToken(f *testing.F) {
 	})
 }
 
-// fleetKeys seal the fleet tokens of these tests.
-var fleetKeys = RandomTokenKeys()
+// fleetKeys seal the fleet tokens of these tests. The key is fixed, not
+// random: the fuzzer runs its inputs in worker processes, which must open
+// the seeds this process sealed.
+var fleetKeys = func() *TokenKeys {
+	k, err := NewTokenKeys([]byte("fleet-token-tests-fixed-key-0001"))
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
