@@ -37,8 +37,10 @@ const (
 // its own), so a 304 saves the response's bytes and the caller's decoding,
 // not the upstream call; a cache's max-age is what saves calls.
 //
-// Every other response of the service (POST, streams, errors) carries
-// Cache-Control: no-store.
+// The answer varies by Authorization: a browser's cache does not hand an
+// answer fetched with one bearer token to a request with another, or
+// with none. Every other response of the service (POST, streams, errors)
+// carries Cache-Control: no-store.
 //
 // The ETag is weak (W/"..."): it is the same for answers that differ only
 // in request_id, which the upstream sets anew for every call, so two
@@ -87,11 +89,13 @@ func (l listCaching) wrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 			return res, nil
 		}
 		etag := listETag(page, req.Peer().Query.Get("encoding"))
+		validators := http.Header{"Etag": {etag}, "Cache-Control": {l.control}, "Vary": {"Authorization"}}
 		if etagMatches(req.Header().Values("If-None-Match"), etag) {
-			return nil, connect.NewNotModifiedError(http.Header{"Etag": {etag}, "Cache-Control": {l.control}})
+			return nil, connect.NewNotModifiedError(validators)
 		}
-		res.Header().Set("Etag", etag)
-		res.Header().Set("Cache-Control", l.control)
+		for k, v := range validators {
+			res.Header()[k] = append(res.Header()[k], v...)
+		}
 		return res, nil
 	}
 }
