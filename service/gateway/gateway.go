@@ -54,8 +54,8 @@ type Gateway struct {
 // caller, and bound its streams, stalls and request bodies
 // (hardening.go); then the interceptors: Cache-Control and List's ETag
 // (cache.go), tracing and RPC metrics, the access log, the shutdown guard
-// and panic recovery, plus the read limit and compression settings. svcOpts come last to the service (tests pass a fake watch
-// clock).
+// and panic recovery, plus the read limit and compression settings.
+// svcOpts come last to the service (tests pass a fake watch clock).
 func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry, svcOpts ...service.Option) (*Gateway, error) {
 	g := &Gateway{
 		cfg:    cfg,
