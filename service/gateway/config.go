@@ -137,6 +137,15 @@ type Config struct {
 	// loopback, where the AccessKey id, signatures and STS token travel in
 	// clear text.
 	UpstreamAllowInsecure bool
+
+	// Clients (issue 13): browsers and caches.
+	//
+	// CORSAllowedOrigins are the origins whose pages may call the gateway
+	// (CORS); empty: none, no CORS headers at all.
+	CORSAllowedOrigins []string
+	// ListCacheMaxAge is the max-age of a Connect GET answer of
+	// ListImageModifiedRecords (Cache-Control: private); 0: no-store.
+	ListCacheMaxAge time.Duration
 }
 
 // DefaultConfig returns the production defaults: what a user gets who sets
@@ -177,6 +186,10 @@ func DefaultConfig() Config {
 		PeerIdentity:          PeerRemoteIP,
 		StreamStallTimeout:    30 * time.Second,
 		MaxStreamsPerPeer:     100,
+		// Clients (issue 13): no origin and no caching, until the operator
+		// names the dashboards' origins and how stale a page may be.
+		CORSAllowedOrigins: nil,
+		ListCacheMaxAge:    0,
 	}
 }
 
@@ -246,6 +259,9 @@ func (c *Config) FlagSet(output io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxStreamsPerPeer, "max-streams-per-peer", c.MaxStreamsPerPeer, "streaming RPCs (record streams, health Watch, reflection) open at once per peer, and per bearer token")
 	fs.StringVar(&c.TokenKeyFile, "token-key-file", c.TokenKeyFile, "keys (one per line, at least 32 bytes, the sealing key first) that sign page and resume tokens, the same on every replica, re-read on SIGHUP; empty: a random key of this process")
 	fs.BoolVar(&c.UpstreamAllowInsecure, "upstream-allow-insecure", c.UpstreamAllowInsecure, "allow an http:// --upstream-endpoint other than loopback, sending the AccessKey id, signatures and any STS token in clear text")
+	// Clients (issue 13).
+	fs.Var(originList{&c.CORSAllowedOrigins}, "cors-allowed-origins", "comma-separated origins (scheme://host[:port], * for any) whose browser pages may call the gateway (CORS); empty: none")
+	fs.DurationVar(&c.ListCacheMaxAge, "list-cache-max-age", c.ListCacheMaxAge, "how long browsers and other private caches may reuse a Connect GET answer of ListImageModifiedRecords (Cache-Control: private, max-age) before revalidating it with its ETag; 0: no-store")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: imagerecordsd [flags]\n       imagerecordsd --version\n\nEvery flag can also be set by the environment variable %s<FLAG> (upper case, - as _).\nCredentials come from the standard Alibaba Cloud chain (ALIBABA_CLOUD_ACCESS_KEY_ID, ...).\n\nFlags:\n", EnvPrefix)
 		fs.PrintDefaults()
@@ -375,6 +391,10 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.validateFleetWatch(); err != nil {
+		return err
+	}
+	// Clients (issue 13).
+	if err := c.validateClients(); err != nil {
 		return err
 	}
 	return c.validateHardening()

@@ -1,8 +1,9 @@
 // Package gateway wires ImageRecordsService into a server: the typed
 // [Config] with its production defaults and flags, the one handler chain
-// (bearer tokens before any body is read, the caller's identity, stream,
-// stall and body limits, tracing, access log, shutdown guard, panic
-// recovery, read limits, compression), health, reflection, TLS,
+// (CORS preflights, bearer tokens before any body is read, the caller's
+// identity, stream, stall and body limits, Cache-Control and ETags,
+// tracing, access log, shutdown guard, panic recovery, read limits,
+// compression), health, reflection, TLS,
 // connection limits, the admin listener, serving and draining, telemetry,
 // and the upstream client built from the Config, with its calls admitted
 // in turns per caller. The daemon (cmd/imagerecordsd), the benchmark

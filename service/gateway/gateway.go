@@ -48,13 +48,14 @@ type Gateway struct {
 // bad file fails here rather than at the first call.
 //
 // The handler chain is built here and nowhere else. Before connect reads
-// a body, HTTP layers check the bearer token (with Config.AuthTokensFile;
-// health Check answers without one), name the caller, and bound its
-// streams, stalls and request bodies (hardening.go); then the
-// interceptors: tracing and RPC metrics outermost, the access log, the
-// shutdown guard and panic recovery, plus the read limit and compression
-// settings. svcOpts come last to the service (tests pass a fake watch
-// clock).
+// a body, HTTP layers answer CORS preflights (with
+// Config.CORSAllowedOrigins; cors.go), check the bearer token (with
+// Config.AuthTokensFile; health Check answers without one), name the
+// caller, and bound its streams, stalls and request bodies
+// (hardening.go); then the interceptors: Cache-Control and List's ETag
+// (cache.go), tracing and RPC metrics, the access log, the shutdown guard
+// and panic recovery, plus the read limit and compression settings.
+// svcOpts come last to the service (tests pass a fake watch clock).
 func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry, svcOpts ...service.Option) (*Gateway, error) {
 	g := &Gateway{
 		cfg:    cfg,
@@ -86,7 +87,9 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry, svcO
 	if err != nil {
 		return nil, fmt.Errorf("tracing interceptor: %w", err)
 	}
+	caching := newListCaching(cfg.ListCacheMaxAge) // outside tracing: a 304 is no failed call
 	interceptors := []namedInterceptor{
+		{caching.name(), caching.interceptor()},
 		{"otelconnect", tracing},
 		{"access-log", accessLog{logger: logger}.interceptor()},
 		{"lifecycle", lifecycle(g)},
@@ -121,13 +124,14 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry, svcO
 	mux.Handle(imagerecordsv1connect.NewImageRecordsServiceHandler(svc, handlerOpts...))
 	mux.Handle(grpchealth.NewHandler(g.health, g.hardened.readLimits()...))
 	if cfg.Reflection {
-		reflector := grpcreflect.NewStaticReflector(imagerecordsv1connect.ImageRecordsServiceName)
+		reflector := grpcreflect.NewStaticReflector(imagerecordsv1connect.ImageRecordsServiceName, grpchealth.HealthV1ServiceName)
 		reflOpts := g.hardened.readLimits()
 		mux.Handle(grpcreflect.NewHandlerV1(reflector, reflOpts...))
 		mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, reflOpts...))
 		g.chain = append(g.chain, "reflection")
 	}
 	served := g.hardened.handler(mux, g.auth, &g.chain)
+	served = withCORS(cfg.CORSAllowedOrigins, served, &g.chain) // preflights answered before the token check
 	g.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		g.inflight.Add(1)
 		defer g.inflight.Done()

@@ -26,15 +26,15 @@ export interface Gateway {
 }
 
 /**
- * startGateway spawns `binary --simulate --listen 127.0.0.1:0` and resolves
- * once its JSON log on stderr has told both the simulated desktops and the
- * address it serves on.
+ * startGateway spawns `binary --simulate --listen 127.0.0.1:0` (plus args)
+ * and resolves once its JSON log on stderr has told both the simulated
+ * desktops and the address it serves on.
  */
-export function startGateway(binary: string): Promise<Gateway> {
+export function startGateway(binary: string, args: string[] = []): Promise<Gateway> {
   // IMAGERECORDS_<FLAG> variables set the gateway's flags; keep the caller's
   // (e.g. IMAGERECORDS_LOG_LEVEL=error) out of this run.
   const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith("IMAGERECORDS_")));
-  const child = spawn(binary, ["--simulate", "--listen", "127.0.0.1:0"], {
+  const child = spawn(binary, ["--simulate", "--listen", "127.0.0.1:0", ...args], {
     stdio: ["ignore", "ignore", "pipe"], // stdout is a human banner
     env,
   });

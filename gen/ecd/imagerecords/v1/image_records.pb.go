@@ -202,7 +202,7 @@ type ImageModifiedRecord struct {
 	// The state of the change.
 	Status ImageModificationStatus `protobuf:"varint,1,opt,name=status,proto3,enum=ecd.imagerecords.v1.ImageModificationStatus" json:"status,omitempty"`
 	// The raw upstream Status number, kept so that a value unknown to this
-	// version (status UNSPECIFIED) is never lost. Always set: it has presence
+	// version (status IMAGE_MODIFICATION_STATUS_UNSPECIFIED) is never lost. Always set: it has presence
 	// so that JSON shows 0 (in progress) instead of leaving the field out.
 	UpstreamStatus *int32 `protobuf:"varint,2,opt,name=upstream_status,json=upstreamStatus,proto3,oneof" json:"upstream_status,omitempty"`
 	// When the change last moved, with millisecond precision.
@@ -1471,8 +1471,9 @@ func (x *WatchSnapshot) GetComplete() bool {
 }
 
 // WatchRecordAdded is a record the watcher had not been told about: a new
-// change (usually IN_PROGRESS), or one that started and settled between
-// two polls (SUCCEEDED or FAILED).
+// change (usually IMAGE_MODIFICATION_STATUS_IN_PROGRESS), or one that
+// started and settled between two polls (IMAGE_MODIFICATION_STATUS_SUCCEEDED
+// or IMAGE_MODIFICATION_STATUS_FAILED).
 type WatchRecordAdded struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The record as the upstream shows it now.

@@ -60,7 +60,9 @@ type ImageRecordsServiceClient interface {
 	// StreamImageModifiedRecords streams every image change of a desktop, one
 	// message per upstream page, until the last page or max_records. Each
 	// message carries a resume_token: a new call with it as page_token
-	// continues right after that message, with nothing lost or repeated.
+	// continues right after that message, with nothing lost or repeated. The
+	// message that ends the desktop's records has none (empty: nothing
+	// follows); one cut by max_records has one.
 	StreamImageModifiedRecords(context.Context, *connect.Request[v1.StreamImageModifiedRecordsRequest]) (*connect.ServerStreamForClient[v1.StreamImageModifiedRecordsResponse], error)
 	// StreamFleetImageModifiedRecords streams every record of up to 1,000
 	// desktops of one region. The gateway pages a bounded number of desktops
@@ -83,8 +85,9 @@ type ImageRecordsServiceClient interface {
 	StreamFleetImageModifiedRecords(context.Context, *connect.Request[v1.StreamFleetImageModifiedRecordsRequest]) (*connect.ServerStreamForClient[v1.StreamFleetImageModifiedRecordsResponse], error)
 	// WatchImageModifiedRecords follows one desktop's image changes as they
 	// happen: optionally a snapshot of its records first, then an event for
-	// every new record and every status change (IN_PROGRESS to SUCCEEDED or
-	// FAILED), and a heartbeat after every poll that found nothing new. With
+	// every new record and every status change (from
+	// IMAGE_MODIFICATION_STATUS_IN_PROGRESS to IMAGE_MODIFICATION_STATUS_SUCCEEDED
+	// or IMAGE_MODIFICATION_STATUS_FAILED), and a heartbeat after every poll that found nothing new. With
 	// until_settled the stream ends once no change is in progress.
 	//
 	// The upstream only answers about the past, so the gateway polls it: every
@@ -102,11 +105,11 @@ type ImageRecordsServiceClient interface {
 	// identifies a record by what it is and compares whole polls as sets,
 	// never relying on where a record appears:
 	//
-	//   - A settled record (any status but IN_PROGRESS) never changes again. It is
-	//     identified by all of its fields; update_time has milliseconds, so
-	//     two changes of one desktop that agree on every field are taken to
-	//     be the same record (seen twice, e.g. when the upstream's pages
-	//     shift while it is paged).
+	//   - A settled record (any status but IMAGE_MODIFICATION_STATUS_IN_PROGRESS)
+	//     never changes again. It is identified by all of its fields;
+	//     update_time has milliseconds, so two changes of one desktop that
+	//     agree on every field are taken to be the same record (seen twice,
+	//     e.g. when the upstream's pages shift while it is paged).
 	//   - A record in progress changes when it settles (status, update_time,
 	//     reason), but its images do not: it is identified by the pair
 	//     (image_id, new_image_id). A desktop's image change goes from one
@@ -214,7 +217,9 @@ type ImageRecordsServiceHandler interface {
 	// StreamImageModifiedRecords streams every image change of a desktop, one
 	// message per upstream page, until the last page or max_records. Each
 	// message carries a resume_token: a new call with it as page_token
-	// continues right after that message, with nothing lost or repeated.
+	// continues right after that message, with nothing lost or repeated. The
+	// message that ends the desktop's records has none (empty: nothing
+	// follows); one cut by max_records has one.
 	StreamImageModifiedRecords(context.Context, *connect.Request[v1.StreamImageModifiedRecordsRequest], *connect.ServerStream[v1.StreamImageModifiedRecordsResponse]) error
 	// StreamFleetImageModifiedRecords streams every record of up to 1,000
 	// desktops of one region. The gateway pages a bounded number of desktops
@@ -237,8 +242,9 @@ type ImageRecordsServiceHandler interface {
 	StreamFleetImageModifiedRecords(context.Context, *connect.Request[v1.StreamFleetImageModifiedRecordsRequest], *connect.ServerStream[v1.StreamFleetImageModifiedRecordsResponse]) error
 	// WatchImageModifiedRecords follows one desktop's image changes as they
 	// happen: optionally a snapshot of its records first, then an event for
-	// every new record and every status change (IN_PROGRESS to SUCCEEDED or
-	// FAILED), and a heartbeat after every poll that found nothing new. With
+	// every new record and every status change (from
+	// IMAGE_MODIFICATION_STATUS_IN_PROGRESS to IMAGE_MODIFICATION_STATUS_SUCCEEDED
+	// or IMAGE_MODIFICATION_STATUS_FAILED), and a heartbeat after every poll that found nothing new. With
 	// until_settled the stream ends once no change is in progress.
 	//
 	// The upstream only answers about the past, so the gateway polls it: every
@@ -256,11 +262,11 @@ type ImageRecordsServiceHandler interface {
 	// identifies a record by what it is and compares whole polls as sets,
 	// never relying on where a record appears:
 	//
-	//   - A settled record (any status but IN_PROGRESS) never changes again. It is
-	//     identified by all of its fields; update_time has milliseconds, so
-	//     two changes of one desktop that agree on every field are taken to
-	//     be the same record (seen twice, e.g. when the upstream's pages
-	//     shift while it is paged).
+	//   - A settled record (any status but IMAGE_MODIFICATION_STATUS_IN_PROGRESS)
+	//     never changes again. It is identified by all of its fields;
+	//     update_time has milliseconds, so two changes of one desktop that
+	//     agree on every field are taken to be the same record (seen twice,
+	//     e.g. when the upstream's pages shift while it is paged).
 	//   - A record in progress changes when it settles (status, update_time,
 	//     reason), but its images do not: it is identified by the pair
 	//     (image_id, new_image_id). A desktop's image change goes from one
