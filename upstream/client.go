@@ -110,6 +110,7 @@ type Client struct {
 	meterProvider    metric.MeterProvider
 	metrics          instruments
 	pacer            *Pacer
+	shared           *sharedBudget // nil: none
 	maxWait          time.Duration
 	budget           *RetryBudget
 	attemptTimeout   time.Duration
@@ -196,6 +197,9 @@ func NewClient(creds CredentialsProvider, opts ...Option) *Client {
 	if c.pacer == nil {
 		c.pacer = NewPacer(0, 1)
 	}
+	if c.shared != nil {
+		c.pacer.setShared()
+	}
 	c.metrics = newInstruments(c.meterProvider)
 	c.metrics.observePacer(c.meterProvider, c.pacer)
 	c.tracer = c.tracerProvider.Tracer(instrumentationName)
@@ -263,6 +267,11 @@ func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeIn
 	var last error       // the error of the previous attempt, when retrying
 	for {
 		w, err := c.pacer.Wait(ctx)
+		if err == nil {
+			var shared time.Duration
+			shared, err = c.takeShared(ctx, in)
+			w += shared
+		}
 		waited += w
 		c.metrics.quotaWait.Record(ctx, w.Seconds())
 		switch {

@@ -77,6 +77,7 @@ type Pacer struct {
 	outcomes     [50]bool // whether each of the latest answers was a throttle, a ring
 	noutcomes    int
 	throttleSeen bool
+	shared       bool    // the rate is the whole deployment's (a SharedBudget)
 	cleanRate    float64 // the rate of the last clean window (at first, the ceiling)
 
 	win       window
@@ -118,8 +119,12 @@ const (
 	// heavyThrottling is the throttled share above which throttling is
 	// always taken to be caused by the rate.
 	heavyThrottling = 0.5
-	// firstDecrease is what the first throttle multiplies the rate by.
-	firstDecrease = 0.3
+	// firstDecrease is what the first throttle multiplies the rate by: a
+	// deployment of several replicas, each at its ceiling, is over the
+	// quota by their number. With a shared budget the replicas together
+	// go at one rate, and firstDecreaseShared does.
+	firstDecrease       = 0.3
+	firstDecreaseShared = 0.5
 	// A throttled window multiplies the rate by the share of its calls
 	// that got through and afterWindowDecrease, and by at least
 	// minDecrease.
@@ -430,6 +435,22 @@ func later(a, b time.Time) time.Time {
 	return b
 }
 
+// setShared tells the pacer that its rate is that of every replica
+// together: a SharedBudget spaces their calls at it.
+func (p *Pacer) setShared() {
+	p.mu.Lock()
+	p.shared = true
+	p.mu.Unlock()
+}
+
+// noteWaited counts a call of this window that had to wait for the shared
+// budget: the pacer's rate was what held it, as when it waits here.
+func (p *Pacer) noteWaited() {
+	p.mu.Lock()
+	p.win.waited++
+	p.mu.Unlock()
+}
+
 // Outcome is what an upstream answer says about the quota.
 type Outcome int
 
@@ -483,7 +504,11 @@ func (p *Pacer) Observe(sent time.Time, o Outcome) {
 			p.tat = now
 		}
 		p.startEpisode(now)
-		p.setRate(now, p.rate*firstDecrease)
+		cut := firstDecrease
+		if p.shared {
+			cut = firstDecreaseShared
+		}
+		p.setRate(now, p.rate*cut)
 	}
 }
 

@@ -27,6 +27,8 @@ type instruments struct {
 	budgetExhausted metric.Int64Counter
 	// quotaWait is the time attempts waited for their turn with the pacer.
 	quotaWait metric.Float64Histogram
+	// sharedBudget counts the shared budget going down and coming back.
+	sharedBudget metric.Int64Counter
 }
 
 func newInstruments(mp metric.MeterProvider) instruments {
@@ -46,6 +48,8 @@ func newInstruments(mp metric.MeterProvider) instruments {
 	in.quotaWait, _ = m.Float64Histogram("imagerecords.upstream.quota_wait",
 		metric.WithDescription("Time upstream attempts waited for their turn with the pacer."), metric.WithUnit("s"),
 		metric.WithExplicitBucketBoundaries(0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+	in.sharedBudget, _ = m.Int64Counter("imagerecords.upstream.shared_budget.transitions",
+		metric.WithDescription("The shared (Redis) upstream budget becoming unreachable (state down) and reachable again (state up)."), metric.WithUnit("{transition}"))
 	in.budgetExhausted, _ = m.Int64Counter("imagerecords.upstream.retry_budget_exhausted",
 		metric.WithDescription("Retries not made because the retry budget was exhausted."), metric.WithUnit("{retry}"))
 	// Export every counter at zero from the start, so that rates and

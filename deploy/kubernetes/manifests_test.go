@@ -1,7 +1,6 @@
 package kubernetes_test
 
 import (
-	"flag"
 	"io"
 	"maps"
 	"net"
@@ -27,15 +26,6 @@ import (
 
 	"github.com/imagerecords/imagerecords/service/gateway"
 )
-
-// expectedFlagsNotYetPresent: ALLOWLIST TO EMPTY AFTER MERGING. The
-// manifests set these IMAGERECORDS_ variables for flags that other topics
-// add and this branch does not have yet. The lead removes each entry once
-// its flag is merged; the test fails when a listed variable has become a
-// real flag, so the list cannot outlive its reason.
-var expectedFlagsNotYetPresent = map[string]string{
-	"IMAGERECORDS_QUOTA_REDIS": "--quota-redis (the shared quota)",
-}
 
 // rendered is one kustomization's output, decoded.
 type rendered struct {
@@ -419,15 +409,6 @@ func envOf(c *corev1.Container) map[string]corev1.EnvVar {
 // flag with a valid value (except the allowlist above).
 func gatewayConfig(t *testing.T, c *corev1.Container) gateway.Config {
 	t.Helper()
-	flags := map[string]bool{}
-	fsCfg := gateway.DefaultConfig()
-	fsCfg.FlagSet(io.Discard).VisitAll(func(f *flag.Flag) { flags[gateway.EnvName(f.Name)] = true })
-	for name, topic := range expectedFlagsNotYetPresent {
-		if flags[name] {
-			t.Errorf("%s is a flag now: remove it from expectedFlagsNotYetPresent", name)
-		}
-		_ = topic
-	}
 	var environ []string
 	for _, e := range c.Env {
 		if !strings.HasPrefix(e.Name, gateway.EnvPrefix) {
@@ -435,10 +416,6 @@ func gatewayConfig(t *testing.T, c *corev1.Container) gateway.Config {
 		}
 		if e.ValueFrom != nil {
 			t.Errorf("%s comes from %+v: the test cannot check its value", e.Name, e.ValueFrom)
-			continue
-		}
-		if topic, ok := expectedFlagsNotYetPresent[e.Name]; ok && !flags[e.Name] {
-			t.Logf("expected flag not yet present: %s (%s)", e.Name, topic)
 			continue
 		}
 		environ = append(environ, e.Name+"="+e.Value)

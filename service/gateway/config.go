@@ -14,6 +14,7 @@ import (
 	"github.com/imagerecords/imagerecords/service"
 	"github.com/imagerecords/imagerecords/upstream"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
+	"github.com/imagerecords/imagerecords/upstream/redisquota"
 )
 
 // EnvPrefix leads the environment variable of every flag: --upstream-endpoint
@@ -65,6 +66,13 @@ type Config struct {
 	UpstreamMaxWait time.Duration
 	// SimulateQuota is the simulator's account quota (QPS 0: none).
 	SimulateQuota ecdsim.Quota
+	// QuotaRedis, when set, is the Redis (redis:// or rediss:// URL) of
+	// the upstream budget every replica shares.
+	QuotaRedis string
+	// QuotaKey names the Alibaba Cloud account in the shared budget's
+	// keys; empty: a hash of the role ARN (ALIBABA_CLOUD_ROLE_ARN) or of
+	// the AccessKeyId.
+	QuotaKey string
 
 	// TLSCert and TLSKey, when set, serve TLS instead of cleartext.
 	TLSCert, TLSKey string
@@ -228,6 +236,8 @@ func (c *Config) FlagSet(output io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.UpstreamMaxWait, "upstream-max-wait", c.UpstreamMaxWait, "how long one page may wait for quota: throttled calls are retried, paced, until then or the caller's deadline; 0: throttling is not retried")
 	fs.Float64Var(&c.SimulateQuota.QPS, "simulate-quota-qps", c.SimulateQuota.QPS, "with --simulate: the simulated account's quota in calls/s, answered Throttling.User past it; 0: none")
 	fs.IntVar(&c.SimulateQuota.Burst, "simulate-quota-burst", c.SimulateQuota.Burst, "with --simulate: calls the simulated quota allows at once; 0: --simulate-quota-qps rounded up")
+	fs.StringVar(&c.QuotaRedis, "quota-redis", c.QuotaRedis, "Redis URL (redis://[:password@]host:port/db, rediss:// for TLS) of one upstream budget shared by every replica; empty: each replica paces itself alone")
+	fs.StringVar(&c.QuotaKey, "quota-key", c.QuotaKey, "the account's name in the shared budget's keys; empty: a hash of ALIBABA_CLOUD_ROLE_ARN, else of the AccessKeyId (set it when running on STS credentials without a role ARN)")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate chain: serve TLS (HTTP/1.1 and h2) instead of cleartext")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key of --tls-cert")
 	fs.StringVar(&c.ClientCA, "client-ca", c.ClientCA, "PEM CA bundle: require client certificates signed by it (mTLS); needs --tls-cert")
@@ -381,6 +391,8 @@ func (c Config) Validate() error {
 		return usage("--simulate-quota-qps and --simulate-quota-burst need --simulate")
 	case c.SimulateQuota.QPS < 0 || c.SimulateQuota.Burst < 0:
 		return usage("--simulate-quota-qps and --simulate-quota-burst must not be negative")
+	case c.QuotaRedis != "" && !validRedisURL(c.QuotaRedis):
+		return usage("--quota-redis %q is not a Redis URL such as redis://:password@redis:6379/0 (or rediss:// for TLS)", redactURL(c.QuotaRedis))
 	case c.MaxRequestBytes <= 0 || c.MaxHeaderBytes <= 0 || c.MaxConcurrentStreams <= 0 || c.UpstreamQPS < 0 || c.UpstreamBurst < 0:
 		return usage("limits must be positive (--upstream-qps 0 disables the rate limit)")
 	}
@@ -487,4 +499,19 @@ func (f prefixList) Set(s string) error {
 	}
 	*f.v = out
 	return nil
+}
+
+// validRedisURL reports whether u is a Redis URL the shared budget can use.
+func validRedisURL(u string) bool {
+	_, err := redisquota.New(u)
+	return err == nil
+}
+
+// redactURL hides the password of a URL for a message.
+func redactURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable)"
+	}
+	return p.Redacted()
 }

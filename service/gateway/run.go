@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/imagerecords/imagerecords/upstream"
+	"github.com/imagerecords/imagerecords/upstream/redisquota"
 )
 
 // Addrs are the addresses a running gateway bound.
@@ -63,7 +66,9 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer, ready func(*
 	if describe == "" {
 		describe = "https://ecd.<region>.aliyuncs.com"
 	}
-	g, err := New(cfg, NewUpstream(cfg, creds, logger, tel), logger, tel)
+	client, closeUpstream := NewUpstream(cfg, creds, logger, tel)
+	defer closeUpstream()
+	g, err := New(cfg, client, logger, tel)
 	if err != nil {
 		return err
 	}
@@ -97,9 +102,11 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer, ready func(*
 
 // NewUpstream returns the upstream client of cfg, signing with creds: the
 // one place where Config becomes client options, for the daemon, the
-// benchmark and the tests alike. extra options come last; tests use them
-// for what no flag sets (a transport with injected faults, say).
-func NewUpstream(cfg Config, creds upstream.CredentialsProvider, logger *slog.Logger, tel *Telemetry, extra ...upstream.Option) *upstream.Client {
+// benchmark and the tests alike, and the function that releases what the
+// client holds (the shared budget's connections). extra options come last;
+// tests use them for what no flag sets (a transport with injected faults,
+// say).
+func NewUpstream(cfg Config, creds upstream.CredentialsProvider, logger *slog.Logger, tel *Telemetry, extra ...upstream.Option) (*upstream.Client, func()) {
 	opts := []upstream.Option{
 		upstream.WithSignatureVersion(cfg.Signature),
 		upstream.WithLogger(logger),
@@ -112,7 +119,30 @@ func NewUpstream(cfg Config, creds upstream.CredentialsProvider, logger *slog.Lo
 	if cfg.UpstreamEndpoint != "" {
 		opts = append(opts, upstream.WithEndpoint(cfg.UpstreamEndpoint))
 	}
-	return upstream.NewClient(creds, append(opts, extra...)...)
+	release := func() {}
+	if cfg.QuotaRedis != "" {
+		budget, err := redisquota.New(cfg.QuotaRedis) // Validate checked the URL
+		if err == nil {
+			opts = append(opts, upstream.WithSharedBudget(budget, quotaAccount(cfg.QuotaKey, os.Getenv)))
+			release = func() { _ = budget.Close() }
+		}
+	}
+	return upstream.NewClient(creds, append(opts, extra...)...), release
+}
+
+// quotaAccount names the account in the shared budget's keys: key, else a
+// hash of the role ARN of RRSA/OIDC credentials (the same for every
+// replica, whatever STS session each holds), else "" (the client hashes
+// the AccessKeyId).
+func quotaAccount(key string, getenv func(string) string) string {
+	if key != "" {
+		return key
+	}
+	if arn := getenv("ALIBABA_CLOUD_ROLE_ARN"); arn != "" {
+		sum := sha256.Sum256([]byte("imagerecords role\x00" + arn))
+		return hex.EncodeToString(sum[:8])
+	}
+	return ""
 }
 
 // sighup receives SIGHUP from the moment catchSIGHUP returns until stop,

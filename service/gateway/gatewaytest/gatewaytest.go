@@ -18,6 +18,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -207,7 +209,9 @@ func Start(cfg Config) (*Stack, error) {
 	if cfg.Now != nil {
 		upstreamOpts = append(upstreamOpts, upstream.WithClock(cfg.Now))
 	}
-	s.Upstream = gateway.NewUpstream(gwCfg, creds, logger, tel, append(upstreamOpts, cfg.UpstreamOptions...)...)
+	var release func()
+	s.Upstream, release = gateway.NewUpstream(gwCfg, creds, logger, tel, append(upstreamOpts, cfg.UpstreamOptions...)...)
+	s.closers = append(s.closers, release)
 	if s.Gateway, err = gateway.New(gwCfg, s.Upstream, logger, tel, cfg.ServiceOptions...); err != nil {
 		s.Close()
 		return nil, err
@@ -571,3 +575,50 @@ func Run(t testing.TB, args ...string) *Running {
 
 // Stop ends the gateway as SIGTERM does and returns what Run returned.
 func (r *Running) Stop() error { return r.stop() }
+
+// RedisServer is a real redis-server on a free loopback port, started for
+// one test.
+type RedisServer struct {
+	// URL is the server's redis:// URL.
+	URL  string
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// Redis starts Debian's redis-server (.ci/run installs it) on a free
+// loopback port, without persistence, and stops it when t ends.
+func Redis(t testing.TB) *RedisServer {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server is not installed (apt-get install redis-server; .ci/run does): %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	out := &Output{}
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no")
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r := &RedisServer{URL: fmt.Sprintf("redis://127.0.0.1:%d/0", port), cmd: cmd, done: make(chan error, 1)}
+	go func() { r.done <- cmd.Wait() }()
+	t.Cleanup(r.Stop)
+	out.WaitFor(t, "Ready to accept connections", 30*time.Second)
+	return r
+}
+
+// Stop kills the server (as a crash would) and waits for it to exit. It
+// is safe to call more than once.
+func (r *RedisServer) Stop() {
+	if r.cmd.ProcessState != nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	<-r.done
+	r.done <- nil // for a second Stop
+}
