@@ -36,6 +36,13 @@ import (
 //     began and, for a while, takes throttled windows for clean ones. Heavy throttling
 //     (more than half the calls), throttling that grew, or nothing getting
 //     through at all, is always taken to be the quota's.
+//   - A throttle of a call sent before the rate was last lowered counts
+//     for nothing: that decrease already answered it.
+//   - With a shared budget ([WithSharedBudget]) the rate is the whole
+//     deployment's: every replica spaces its calls in one budget at it.
+//     The first throttle halves it, and there is no probing: no other
+//     replica's room is left to find, and additive increase finds a quota
+//     that grew.
 //
 // Calls go one slot every 1/rate (after a burst allowance), at the rate in
 // force when their turn comes, and callers ([WithCaller]: a peer, a
@@ -77,8 +84,9 @@ type Pacer struct {
 	outcomes     [50]bool // whether each of the latest answers was a throttle, a ring
 	noutcomes    int
 	throttleSeen bool
-	shared       bool    // the rate is the whole deployment's (a SharedBudget)
-	cleanRate    float64 // the rate of the last clean window (at first, the ceiling)
+	shared       bool      // the rate is the whole deployment's (a SharedBudget)
+	cutAt        time.Time // when the rate was last lowered
+	cleanRate    float64   // the rate of the last clean window (at first, the ceiling)
 
 	win       window
 	lastWin   window // the last window that ended
@@ -473,6 +481,9 @@ func (p *Pacer) Observe(sent time.Time, o Outcome) {
 		return
 	}
 	throttle := o == Throttled
+	if throttle && sent.Before(p.cutAt) {
+		return // sent at a rate lowered since: that decrease answered it
+	}
 	p.win.calls++
 	if throttle {
 		p.win.throttled++
@@ -573,6 +584,9 @@ func (p *Pacer) setRate(now time.Time, r float64) {
 	if r == p.rate {
 		return
 	}
+	if r < p.rate {
+		p.cutAt = now
+	}
 	// Keep the schedule's backlog in calls, not in time: tat - now at the
 	// old interval becomes the same number of intervals at the new one.
 	if p.rate > 0 && p.tat.After(now) {
@@ -623,7 +637,7 @@ func (p *Pacer) endWindow(now, end time.Time) {
 		}
 		p.clean++
 		switch {
-		case p.clean >= probeAfter:
+		case p.clean >= probeAfter && !p.shared:
 			// Clean for a while: there is room (another replica went
 			// quiet, or the quota grew). Probe multiplicatively.
 			// The longer the streak, the bolder the probe.

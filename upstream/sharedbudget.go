@@ -111,7 +111,7 @@ func (c *Client) takeShared(ctx context.Context, in DescribeInput) (time.Duratio
 	var waited time.Duration
 	for {
 		qctx, cancel := context.WithTimeout(ctx, sharedBudgetTimeout)
-		wait, err := s.budget.Take(qctx, key, rate, max(int(c.pacer.burst), 1))
+		wait, err := s.budget.Take(qctx, key, rate, s.burst)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {

@@ -3,7 +3,9 @@ package gateway_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,21 +46,37 @@ func (r quotaRun) String() string {
 
 // runQuotaScenario streams every desktop once, desktop i through replica
 // i mod len(replicas), checks every record arrived exactly once and in
-// order, and returns the figures.
-func runQuotaScenario(t *testing.T, sim *ecdsim.Simulator, replicas []*gatewaytest.Stack) quotaRun {
+// order, and returns the figures. midway, when not nil, runs once when
+// half of all records have arrived.
+func runQuotaScenario(t *testing.T, sim *ecdsim.Simulator, replicas []*gatewaytest.Stack, midway func()) quotaRun {
 	t.Helper()
 	before := sim.Stats()
 	start := time.Now()
 	var wg sync.WaitGroup
+	var delivered atomic.Int64
+	var once sync.Once
 	errs := make([]error, quotaStreams)
 	for i := range quotaStreams {
 		wg.Go(func() {
 			desktop := fmt.Sprintf("ecd-quota%010d", i)
 			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 			defer cancel()
-			msgs, err := gatewaytest.Stream(ctx, replicas[i%len(replicas)].Client(connect.WithGRPC()),
-				&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktop})
+			stream, err := replicas[i%len(replicas)].Client(connect.WithGRPC()).StreamImageModifiedRecords(ctx,
+				connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktop}))
 			if err != nil {
+				errs[i] = fmt.Errorf("stream %d: %w", i, err)
+				return
+			}
+			defer stream.Close()
+			var msgs []*gatewaytest.StreamMessage
+			for stream.Receive() {
+				msgs = append(msgs, stream.Msg())
+				n := delivered.Add(int64(len(stream.Msg().GetRecords())))
+				if midway != nil && n >= quotaStreams*quotaRecords/2 {
+					once.Do(midway)
+				}
+			}
+			if err := stream.Err(); err != nil {
 				errs[i] = fmt.Errorf("stream %d: %w", i, err)
 				return
 			}
@@ -110,12 +128,55 @@ func TestReplicasLiveWithinTheQuota(t *testing.T) {
 	for range 3 {
 		replicas = append(replicas, gatewaytest.New(t, gatewaytest.Config{Upstream: url}))
 	}
-	run := runQuotaScenario(t, sim, replicas)
+	run := runQuotaScenario(t, sim, replicas, nil)
 	t.Logf("3 replicas, no coordination: %v", run)
 	if limit := 1.25 * quotaFloorSec; run.wall.Seconds() > limit {
 		t.Errorf("wall %.2f s, want at most %.2f s (1.25× the floor)", run.wall.Seconds(), limit)
 	}
 	if share := float64(run.throttled) / float64(run.calls); share > 0.15 {
 		t.Errorf("%.1f%% of upstream calls throttled, want at most 15%%", 100*share)
+	}
+}
+
+// TestReplicasShareOneBudgetInRedis: the same three replicas at default
+// flags plus --quota-redis on a real redis-server take their calls from one
+// budget, and stay within 1.10× the quota floor with at most 3% of
+// upstream calls throttled.
+func TestReplicasShareOneBudgetInRedis(t *testing.T) {
+	redis := gatewaytest.Redis(t)
+	sim, url := quotaSimulator(t)
+	var replicas []*gatewaytest.Stack
+	for range 3 {
+		replicas = append(replicas, gatewaytest.New(t, gatewaytest.Config{Upstream: url, Args: []string{"--quota-redis", redis.URL}}))
+	}
+	run := runQuotaScenario(t, sim, replicas, nil)
+	t.Logf("3 replicas, one budget in Redis: %v", run)
+	if limit := 1.10 * quotaFloorSec; run.wall.Seconds() > limit {
+		t.Errorf("wall %.2f s, want at most %.2f s (1.10× the floor)", run.wall.Seconds(), limit)
+	}
+	if share := float64(run.throttled) / float64(run.calls); share > 0.03 {
+		t.Errorf("%.1f%% of upstream calls throttled, want at most 3%%", 100*share)
+	}
+}
+
+// TestRedisDownMidRunLosesNothing: Redis dies when half the records have
+// arrived; every replica goes on pacing alone, says so once in its log,
+// and every stream still delivers every record exactly once.
+func TestRedisDownMidRunLosesNothing(t *testing.T) {
+	redis := gatewaytest.Redis(t)
+	sim, url := quotaSimulator(t)
+	var replicas []*gatewaytest.Stack
+	var logs []*gatewaytest.Output
+	for range 3 {
+		out := &gatewaytest.Output{}
+		logs = append(logs, out)
+		replicas = append(replicas, gatewaytest.New(t, gatewaytest.Config{Upstream: url, Args: []string{"--quota-redis", redis.URL}, Logs: out}))
+	}
+	run := runQuotaScenario(t, sim, replicas, redis.Stop)
+	t.Logf("3 replicas, Redis killed midway: %v", run)
+	for i, out := range logs {
+		if n := strings.Count(out.String(), "the shared upstream budget cannot be reached"); n != 1 {
+			t.Errorf("replica %d logged the lost budget %d times, want once:\n%s", i, n, out)
+		}
 	}
 }

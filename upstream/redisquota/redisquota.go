@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -15,6 +16,15 @@ import (
 
 	"github.com/imagerecords/imagerecords/upstream"
 )
+
+// quietRedis keeps go-redis's own logger, which prints every failed dial
+// to stderr outside the gateway's JSON log, silent: the upstream client
+// logs the budget's state once per transition instead.
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
+
+var silenceRedis sync.Once
 
 // Budget is a shared upstream budget in Redis.
 type Budget struct {
@@ -27,8 +37,9 @@ var _ upstream.SharedBudget = (*Budget)(nil)
 // New connects to the Redis of url: redis://[user:password@]host:port/db,
 // or rediss:// for TLS (the go-redis URL form). It does not dial yet: a
 // Redis that is down at start costs nothing but the fallback to pacing
-// alone.
+// alone. New silences go-redis's process-wide logger.
 func New(url string) (*Budget, error) {
+	silenceRedis.Do(func() { redis.SetLogger(quietRedis{}) })
 	opts, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("--quota-redis: %w", err)
