@@ -8,12 +8,13 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 
 	"github.com/imagerecords/imagerecords/upstream"
 	"github.com/imagerecords/imagerecords/upstream/upstreamtest"
@@ -396,7 +397,7 @@ func TestBadUpstreamSlowDrip(t *testing.T) {
 		}
 	}))
 	transport := upstream.NewTransport()
-	before := runtime.NumGoroutine()
+	before := goleak.IgnoreCurrent()
 
 	for _, via := range []string{"client", "Pages"} {
 		c := upstream.NewClient(
@@ -432,13 +433,7 @@ func TestBadUpstreamSlowDrip(t *testing.T) {
 	close(done)
 	srv.Close()
 	transport.CloseIdleConnections()
-	// Goroutines of the call, the connection and the handler all end.
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<16)
-			t.Fatalf("%d goroutines, %d before the calls:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// Goroutines of the call, the connection and the handler all end;
+	// goleak waits a bounded while for the connection's to notice the close.
+	goleak.VerifyNone(t, before)
 }

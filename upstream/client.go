@@ -266,7 +266,11 @@ func (c *Client) DescribeImageModifiedRecords(ctx context.Context, in DescribeIn
 	retriedOnce := false // the one retry of a used nonce or an expired token
 	var last error       // the error of the previous attempt, when retrying
 	for {
-		w, err := c.pacer.Wait(ctx)
+		wait := c.pacer.Wait
+		if last != nil {
+			wait = c.pacer.waitRetry // a retry keeps its caller's turn
+		}
+		w, err := wait(ctx)
 		if err == nil {
 			var shared time.Duration
 			shared, err = c.takeShared(ctx, in)

@@ -29,7 +29,13 @@ import (
 
 const testRegion = "cn-hangzhou"
 
-// fastRetry is a policy whose backoff is negligible.
+// fastRetry is a policy of the given attempts whose backoff is negligible,
+// for the tests of the retry loop itself (which failures are retried, how
+// often, with what nonce and credentials): backoff timing is not what they
+// test, and the default's 100-400 ms would only slow them down. The
+// default policy is pinned by TestBackoffIsCappedExponentialWithFullJitter
+// and, through a gateway at its defaults, by service/gateway's
+// TestDefaultsRetryAnOutageFourTimes.
 func fastRetry(attempts int) upstream.RetryPolicy {
 	return upstream.RetryPolicy{MaxAttempts: attempts, BaseDelay: time.Millisecond, MaxDelay: 2 * time.Millisecond}
 }

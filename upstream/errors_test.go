@@ -183,3 +183,39 @@ func TestPaginationErrorMessage(t *testing.T) {
 		})
 	}
 }
+
+// TestAPIErrorNeverEchoesCredentialMessages: the upstream's message of a
+// signature or credentials error may quote the string to sign, with the
+// AccessKeyId, the signature and an STS token in it. Error, which logs and
+// wrapped errors show, leaves such messages out whole, while it keeps the
+// message of an error about the request.
+func TestAPIErrorNeverEchoesCredentialMessages(t *testing.T) {
+	t.Parallel()
+	const (
+		keyID     = "LTAI5tLeakedKeyId0001"
+		signature = "0f5c1e2d3b4a69788796a5b4c3d2e1f0"
+		stsToken  = "CAIS-sts-token-leak"
+	)
+	quoted := "The request signature does not conform to Aliyun standards. server string to sign is:GET&%2F&AccessKeyId%3D" +
+		keyID + "%26SecurityToken%3D" + stsToken + " Signature=" + signature
+	for _, code := range []string{
+		"SignatureDoesNotMatch", "IncompleteSignature", "SignatureNonceUsed", "InvalidTimeStamp.Expired", "MissingSignature",
+		"InvalidAccessKeyId.NotFound", "InvalidAccessKeyId.Inactive", "InvalidSecurityToken.Expired", "InvalidSecurityToken.MismatchWithAccessKey",
+	} {
+		e := &upstream.APIError{HTTPStatus: http.StatusBadRequest, Code: code, Message: quoted, RequestID: "REQ-SIG"}
+		got := e.Error()
+		for _, secret := range []string{keyID, signature, stsToken, "string to sign"} {
+			if strings.Contains(got, secret) {
+				t.Errorf("%s: Error() = %q echoes %q", code, got, secret)
+			}
+		}
+		if !strings.Contains(got, code) || !strings.Contains(got, "REQ-SIG") {
+			t.Errorf("%s: Error() = %q, want the code and the RequestId, which an operator needs", code, got)
+		}
+	}
+	// A message about the request is the caller's to read: it stays.
+	e := &upstream.APIError{HTTPStatus: http.StatusBadRequest, Code: "InvalidParameter.MaxResults", Message: "MaxResults must be 1..100"}
+	if !strings.Contains(e.Error(), "MaxResults must be 1..100") {
+		t.Errorf("Error() = %q, want the message of an error about the request", e.Error())
+	}
+}

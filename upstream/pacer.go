@@ -234,13 +234,27 @@ var ErrPacingDeadline = fmt.Errorf("no upstream quota slot before the deadline: 
 // When the slot would come after ctx's deadline it fails at once with
 // [ErrPacingDeadline]; when ctx ends while waiting it returns ctx's cause.
 func (p *Pacer) Wait(ctx context.Context) (time.Duration, error) {
+	return p.wait(ctx, false)
+}
+
+// waitRetry is Wait for the retry of a call that has already had its
+// turn: it waits at the head of its caller's queue, not behind the
+// caller's other calls, so that a page throttled a few times waits a few
+// slots rather than a few rounds of every call its caller has queued, and
+// a caller with many streams does not use up the max wait of its own
+// throttled pages.
+func (p *Pacer) waitRetry(ctx context.Context) (time.Duration, error) {
+	return p.wait(ctx, true)
+}
+
+func (p *Pacer) wait(ctx context.Context, retry bool) (time.Duration, error) {
 	if ctx.Err() != nil {
 		return 0, context.Cause(ctx)
 	}
 	start := p.clock.Now()
 	deadline, _ := ctx.Deadline()
 	slot := make(chan time.Time, 1)
-	w, ok := p.enqueue(callerFrom(ctx), deadline, func(at time.Time) { slot <- at })
+	w, ok := p.enqueueAt(callerFrom(ctx), deadline, retry, func(at time.Time) { slot <- at })
 	if !ok {
 		return 0, ErrPacingDeadline
 	}
@@ -278,6 +292,12 @@ func callerFrom(ctx context.Context) string {
 // is false, and nothing is queued, when the slot would come after
 // deadline.
 func (p *Pacer) enqueue(caller string, deadline time.Time, goAt func(time.Time)) (_ *waiter, ok bool) {
+	return p.enqueueAt(caller, deadline, false, goAt)
+}
+
+// enqueueAt is enqueue, at the head of the caller's queue when first (a
+// retry).
+func (p *Pacer) enqueueAt(caller string, deadline time.Time, first bool, goAt func(time.Time)) (_ *waiter, ok bool) {
 	p.mu.Lock()
 	now := p.clock.Now()
 	p.roll(now)
@@ -298,7 +318,11 @@ func (p *Pacer) enqueue(caller string, deadline time.Time, goAt func(time.Time))
 	if p.queues == nil {
 		p.queues = map[string][]*waiter{}
 	}
-	p.queues[caller] = append(p.queues[caller], w)
+	if first {
+		p.queues[caller] = slices.Insert(p.queues[caller], 0, w)
+	} else {
+		p.queues[caller] = append(p.queues[caller], w)
+	}
 	p.queued++
 	p.arm(now)
 	p.mu.Unlock()

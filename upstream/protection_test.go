@@ -42,12 +42,20 @@ func TestRateLimitCapsUpstreamQPS(t *testing.T) {
 	}
 	wg.Wait()
 	// A token bucket cannot be faster than (calls-burst)/qps.
-	if elapsed, floor := time.Since(start), time.Duration(float64(calls-burst)/qps*float64(time.Second)); elapsed < floor {
+	elapsed := time.Since(start)
+	if floor := time.Duration(float64(calls-burst) / qps * float64(time.Second)); elapsed < floor {
 		t.Errorf("%d calls took %v, faster than the limit allows (%v)", calls, elapsed, floor)
+	}
+	// Nor much slower: the pacer starts at its ceiling, and an upstream
+	// that never throttles gives it no reason to leave it. Twice the
+	// ceiling's time plus a second absorbs a loaded machine, and still
+	// catches a pacer that went to its floor or lost its ceiling's rate.
+	if ceiling := 2*time.Duration(float64(calls)/qps*float64(time.Second)) + time.Second; elapsed > ceiling {
+		t.Errorf("%d calls took %v at %d calls/s, slower than the limit should make them (%v)", calls, elapsed, qps, ceiling)
 	}
 	// Windows shorter than the run are not checked here: goroutine
 	// scheduling between the limiter and the server can bunch arrivals on
-	// a loaded machine. TestFaultSoak (cmd/imagerecordsd) measures the
+	// a loaded machine. TestFaultSoak (service/gateway) measures the
 	// upstream's one-second peak.
 	mu.Lock()
 	defer mu.Unlock()

@@ -279,7 +279,7 @@ func TestStuckNextTokenFailsClearly(t *testing.T) {
 
 func TestThrottlingIsRetriedAway(t *testing.T) {
 	t.Parallel()
-	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Faults: ecdsim.Faults{ThrottleFraction: 0.5}, UpstreamOptions: fastRetry})
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Faults: ecdsim.Faults{ThrottleFraction: 0.5}})
 	stream, err := h.Client().StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
 		RegionId: gatewaytest.Region, DesktopId: bigDesktop,
 	}))
@@ -492,14 +492,6 @@ func TestResponseCompressionIsOptIn(t *testing.T) {
 		})
 	}
 }
-
-// testRetryPolicy retries ten times with millisecond backoff, unlike the
-// production default (4 attempts, backoff capped at 100, 200 and 400 ms):
-// the tests that use it inject throttling at fixed fractions, which the
-// default attempts alone do not always outlast.
-var testRetryPolicy = upstream.RetryPolicy{MaxAttempts: 10, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond}
-
-var fastRetry = []upstream.Option{upstream.WithRetryPolicy(testRetryPolicy)}
 
 // libraryCredentials is an AccessKey pair through the real credentials
 // library.

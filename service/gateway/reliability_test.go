@@ -65,17 +65,16 @@ func (a *arrivalLog) maxInWindow(window time.Duration) int {
 }
 
 // TestFaultSoak streams 100 full desktops at once through an upstream that
-// throttles 30% and fails 5% of its answers, with the gateway's shared rate
-// limit on: every record arrives exactly once, in order, and the upstream
-// never sees more than the limit.
+// throttles 30% and fails 5% of its answers, through a gateway at its
+// production defaults (retry policy and budget, attempt timeout, the shared
+// rate limit of --upstream-qps 100, burst 20): every record arrives exactly
+// once, in order, and the upstream never sees more than the limit.
 func TestFaultSoak(t *testing.T) {
 	t.Parallel()
 	const (
 		streams  = 100
 		desktops = 10
 		records  = 300
-		qps      = 300
-		burst    = 10
 	)
 	var ds []ecdsim.Desktop
 	for i := range desktops {
@@ -88,12 +87,13 @@ func TestFaultSoak(t *testing.T) {
 		Desktops:      ds,
 		Faults:        ecdsim.Faults{ThrottleFraction: 0.30, ServerErrorFraction: 0.05},
 		WrapSimulator: arrivals.wrap,
-		UpstreamOptions: []upstream.Option{
-			upstream.WithRetryPolicy(upstream.RetryPolicy{MaxAttempts: 20, BaseDelay: time.Millisecond, MaxDelay: 20 * time.Millisecond}),
-			upstream.WithRateLimit(qps, burst),
-			upstream.WithTransport(admissions.roundTripper(transport)),
-		},
+		// Not a setting: the transport only logs when each request leaves.
+		UpstreamOptions: []upstream.Option{upstream.WithTransport(admissions.roundTripper(transport))},
 	})
+	qps, burst := int(h.Config.UpstreamQPS), h.Config.UpstreamBurst
+	if qps != 100 || burst != 20 {
+		t.Fatalf("the defaults are --upstream-qps %d --upstream-burst %d; the README states 100 and 20", qps, burst)
+	}
 	var wg sync.WaitGroup
 	start := time.Now()
 	for i := range streams {

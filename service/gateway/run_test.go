@@ -1,12 +1,13 @@
 package gateway_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -198,39 +199,117 @@ func TestShutdownCancelsStreamsAfterGrace(t *testing.T) {
 	h.Gateway.WaitIdle()
 }
 
+// holdHeader marks the requests that holdUntil keeps waiting in front of
+// the gateway's handler chain.
+const holdHeader = "X-Test-Hold"
+
+// holdUntil wraps the gateway's handler: a request with holdHeader reports
+// its arrival on arrived (the server accepted its connection and read its
+// headers), then waits for release before it enters the handler chain.
+func holdUntil(arrived chan<- struct{}, release <-chan struct{}) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get(holdHeader) != "" {
+				arrived <- struct{}{}
+				<-release
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// TestNewRPCsAreRefusedWhileDraining: an RPC that the server accepted
+// (its connection open, its request read) and that reaches the handler
+// chain once the drain has begun is refused by the shutdown guard itself,
+// with Unavailable and the guard's message, unary and streaming alike,
+// while a stream already in flight finishes. Without the guard the held
+// RPC would be served: the upstream is healthy.
 func TestNewRPCsAreRefusedWhileDraining(t *testing.T) {
 	t.Parallel()
-	h := gatewaytest.New(t, gatewaytest.Config{
-		Desktops: testDesktops,
-		Faults:   ecdsim.Faults{Latency: 20 * time.Millisecond},
-	})
-	c := h.Client(connect.WithGRPC())
-	stream, err := c.StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
-		RegionId: gatewaytest.Region, DesktopId: bigDesktop,
-	}))
-	if err != nil {
-		t.Fatal(err)
+	testCases := []struct {
+		name string
+		call func(context.Context, imagerecordsv1connect.ImageRecordsServiceClient) error
+	}{
+		{"unary", func(ctx context.Context, c imagerecordsv1connect.ImageRecordsServiceClient) error {
+			req := connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: smallDesktop})
+			req.Header().Set(holdHeader, "1")
+			_, err := c.ListImageModifiedRecords(ctx, req)
+			return err
+		}},
+		{"stream", func(ctx context.Context, c imagerecordsv1connect.ImageRecordsServiceClient) error {
+			req := connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: smallDesktop})
+			req.Header().Set(holdHeader, "1")
+			stream, err := c.StreamImageModifiedRecords(ctx, req)
+			if err != nil {
+				return err
+			}
+			msgs, err := gatewaytest.Drain(stream)
+			if err == nil {
+				return fmt.Errorf("served %d records", len(gatewaytest.RecordsOf(msgs)))
+			}
+			return err
+		}},
 	}
-	if !stream.Receive() { // the stream is in flight: the drain waits for it
-		t.Fatal(stream.Err())
-	}
-	stopped := make(chan error, 1)
-	go func() { stopped <- h.Stop() }()
-	for !h.Gateway.Draining() { // set first thing by the shutdown
-		runtime.Gosched()
-	}
-	_, err = c.ListImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{
-		RegionId: gatewaytest.Region, DesktopId: smallDesktop,
-	}))
-	if connect.CodeOf(err) != connect.CodeUnavailable {
-		t.Errorf("a new RPC during the drain: %v, want Unavailable", err)
-	}
-	_, err = gatewaytest.Drain(stream)
-	if err != nil {
-		t.Errorf("the in-flight stream: %v", err)
-	}
-	if err := <-stopped; err != nil {
-		t.Fatal(err)
+	for _, tc := range testCases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			arrived, release := make(chan struct{}, 1), make(chan struct{})
+			var logs gatewaytest.Output
+			h := gatewaytest.New(t, gatewaytest.Config{
+				Desktops:    testDesktops,
+				Logs:        &logs,
+				WrapHandler: holdUntil(arrived, release),
+			})
+			c := h.Client(connect.WithGRPC())
+			stream, err := c.StreamImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{
+				RegionId: gatewaytest.Region, DesktopId: bigDesktop,
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !stream.Receive() { // the stream is in flight: the drain waits for it
+				t.Fatal(stream.Err())
+			}
+			held := make(chan error, 1)
+			go func() { held <- tc.call(ctx, c) }()
+			select {
+			case <-arrived:
+			case err := <-held:
+				t.Fatalf("the RPC ended before the gateway read it: %v", err)
+			case <-ctx.Done():
+				t.Fatal("the RPC never reached the gateway")
+			}
+			stopped := make(chan error, 1)
+			go func() { stopped <- h.Stop() }()
+			// Logged right after the guard turns on, before the listener closes.
+			logs.WaitFor(t, "shutting down: draining in-flight requests", 10*time.Second)
+			close(release)
+			select {
+			case err = <-held:
+			case <-ctx.Done():
+				t.Fatal("the held RPC never ended")
+			}
+			if connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "the gateway is shutting down; retry on another instance") {
+				t.Errorf("an RPC entering the chain during the drain: %v, want Unavailable from the shutdown guard", err)
+			}
+			msgs, err := gatewaytest.Drain(stream)
+			if err != nil {
+				t.Errorf("the in-flight stream: %v", err)
+			}
+			if got := len(gatewaytest.RecordsOf(msgs)) + 100; got != 1234 { // plus the first message's page
+				t.Errorf("the in-flight stream delivered %d records, want 1234", got)
+			}
+			select {
+			case err := <-stopped:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-ctx.Done():
+				t.Fatal("the drain never ended")
+			}
+		})
 	}
 }
 

@@ -83,14 +83,16 @@ func TestSecretsNeverLeave(t *testing.T) {
 			tap := &signatureTap{}
 			creds := &switchableCredentials{right: upstream.Credentials(key)}
 			h := gatewaytest.New(t, gatewaytest.Config{
-				Desktops:        testDesktops,
-				Keys:            []ecdsim.Key{key},
-				Credentials:     creds,
-				Args:            []string{"--signature", string(sig)},
-				UpstreamOptions: fastRetry,
-				SpanProcessor:   rec,
-				Logs:            &logs,
-				WrapSimulator:   tap.wrap,
+				Desktops:    testDesktops,
+				Keys:        []ecdsim.Key{key},
+				Credentials: creds,
+				// Not the default --upstream-max-wait of 30 s: the session
+				// streams through an upstream that throttles every call,
+				// and its throttling error must reach the caller in 1 s.
+				Args:          []string{"--signature", string(sig), "--upstream-max-wait", "1s"},
+				SpanProcessor: rec,
+				Logs:          &logs,
+				WrapSimulator: tap.wrap,
 			})
 			var seen strings.Builder // everything a caller or operator can see
 			c := h.Client(connect.WithGRPC())

@@ -131,10 +131,9 @@ func TestThrottledAttemptIsVisibleInTheTrace(t *testing.T) {
 	const desktop = "ecd-three0000000250"
 	rec := tracetest.NewSpanRecorder()
 	h := gatewaytest.New(t, gatewaytest.Config{
-		Desktops:        []ecdsim.Desktop{{ID: desktop, Records: 250}},
-		SpanProcessor:   rec,
-		WrapSimulator:   func(sim http.Handler) http.Handler { return throttleNth(2, sim) },
-		UpstreamOptions: fastRetry,
+		Desktops:      []ecdsim.Desktop{{ID: desktop, Records: 250}},
+		SpanProcessor: rec,
+		WrapSimulator: func(sim http.Handler) http.Handler { return throttleNth(2, sim) },
 	})
 	stream, err := h.Client().StreamImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktop}))
 	if err != nil {
