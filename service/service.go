@@ -144,6 +144,8 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 			TotalCount:  int32(page.TotalCount),
 			RequestId:   page.RequestID,
 		}
+		records := int64(len(page.Records))
+		page = nil // the message holds what it needs: the page's record slice is garbage while Send waits
 		if err := stream.Send(out); err != nil {
 			if ctx.Err() != nil {
 				return s.toConnectError(ctx, ctx.Err())
@@ -151,7 +153,7 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 			return err
 		}
 		s.metrics.pages.Add(ctx, 1, methodStream)
-		s.metrics.records.Add(ctx, int64(len(page.Records)), methodStream)
+		s.metrics.records.Add(ctx, records, methodStream)
 	}
 	return nil
 }

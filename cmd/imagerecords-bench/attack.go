@@ -50,6 +50,12 @@ func serveGateway(args []string) int {
 	defer stop()
 	cfg, err := gateway.ParseArgs(args, os.LookupEnv, os.Stderr)
 	if err == nil {
+		var addr string
+		if addr, err = serveProfiles(os.Getenv(profileListenEnv)); addr != "" {
+			fmt.Fprintf(os.Stderr, "{\"msg\":\"pprof\",\"pprof_addr\":%q}\n", addr)
+		}
+	}
+	if err == nil {
 		err = gateway.Run(ctx, cfg, io.Discard, os.Stderr, nil)
 	}
 	if err != nil {
@@ -99,11 +105,14 @@ type attackCounts struct {
 type gatewayProcess struct {
 	cmd         *exec.Cmd
 	addr, admin string
+	pprof       string // with profileListenEnv: net/http/pprof's address
 	stderr      *bytes.Buffer
 	mu          sync.Mutex
 }
 
-func startGatewayProcess(args []string) (*gatewayProcess, error) {
+// startGatewayProcess starts "imagerecords-bench serve-gateway args" with
+// this process's environment less the gateway's variables, plus env.
+func startGatewayProcess(args []string, env ...string) (*gatewayProcess, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -114,6 +123,7 @@ func startGatewayProcess(args []string) (*gatewayProcess, error) {
 			p.cmd.Env = append(p.cmd.Env, kv)
 		}
 	}
+	p.cmd.Env = append(p.cmd.Env, env...)
 	pipe, err := p.cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -130,6 +140,10 @@ func startGatewayProcess(args []string) (*gatewayProcess, error) {
 				Msg       string
 				Addr      string `json:"addr"`
 				AdminAddr string `json:"admin_addr"`
+				PprofAddr string `json:"pprof_addr"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "pprof" {
+				p.pprof = line.PprofAddr // logged before "serving"
 			}
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
 				p.addr, p.admin = line.Addr, line.AdminAddr

@@ -73,6 +73,8 @@ type options struct {
 	s5Records     int
 	s5Clients     int
 	s5Ramp        time.Duration
+	s5After       time.Duration
+	s5Profile     string
 	s6Concurrency int
 	s6Duration    time.Duration
 	s6Unloaded    time.Duration
@@ -112,6 +114,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.s5Records, "s5-records", 1000, "scenario 5: records per stream")
 	fs.IntVar(&o.s5Clients, "s5-clients", 10, "scenario 5: gateway client connections the streams are spread over")
 	fs.DurationVar(&o.s5Ramp, "s5-ramp", 0, "scenario 5: spread the stream starts evenly over this long; 0 starts them all at once")
+	fs.DurationVar(&o.s5After, "s5-after", 10*time.Second, "scenario 5: how long after the streams of the gateway process end its RSS is read again")
+	fs.StringVar(&o.s5Profile, "s5-profile", "", "scenario 5: write CPU and heap profiles of the gateway process's run to FILE.cpu and FILE.heap (the heap when half the records arrived)")
 	fs.IntVar(&o.s6Concurrency, "s6-concurrency", 64, "scenario 6: concurrent callers")
 	fs.DurationVar(&o.s6Duration, "s6-duration", 10*time.Second, "scenario 6: duration of each side's run")
 	fs.DurationVar(&o.s6Unloaded, "s6-unloaded", 2*time.Second, "scenario 6: duration of each side's extra run at concurrency 1 (0 skips it)")
