@@ -144,8 +144,9 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 			TotalCount:  int32(page.TotalCount),
 			RequestId:   page.RequestID,
 		}
+		// Counted now: no use of page after Send keeps its record slice
+		// alive while Send waits for the caller (out holds what it needs).
 		records := int64(len(page.Records))
-		page = nil // the message holds what it needs: the page's record slice is garbage while Send waits
 		if err := stream.Send(out); err != nil {
 			if ctx.Err() != nil {
 				return s.toConnectError(ctx, ctx.Err())
