@@ -150,18 +150,22 @@ func decodePage(body []byte) (*Page, error) {
 	return page, nil
 }
 
-// detach copies every string of the page into one new block, so that none
-// of them refers to the body the page was decoded from.
+// detach copies every string of the page out of the body the page was
+// decoded from: the records' strings into one block, which lives as long
+// as the records, and RequestId and NextToken apart, since they outlive
+// the records (Pages remembers every NextToken of a sequence, a span or a
+// log line may keep a RequestId): sharing the block would keep every
+// page's records alive as long as its token.
 func (p *Page) detach() {
-	n := len(p.RequestID) + len(p.NextToken)
+	p.RequestID = strings.Clone(p.RequestID)
+	p.NextToken = strings.Clone(p.NextToken)
+	n := 0
 	for i := range p.Records {
 		r := &p.Records[i]
 		n += len(r.ImageID) + len(r.ImageName) + len(r.NewImageID) + len(r.NewImageName) + len(r.Reason)
 	}
 	var b strings.Builder
 	b.Grow(n)
-	b.WriteString(p.RequestID)
-	b.WriteString(p.NextToken)
 	for i := range p.Records {
 		r := &p.Records[i]
 		b.WriteString(r.ImageID)
@@ -175,8 +179,6 @@ func (p *Page) detach() {
 		*s = block[off : off+len(*s)]
 		off += len(*s)
 	}
-	take(&p.RequestID)
-	take(&p.NextToken)
 	for i := range p.Records {
 		r := &p.Records[i]
 		take(&r.ImageID)

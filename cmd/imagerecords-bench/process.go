@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +35,9 @@ func serveProfiles(addr string) (string, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/memory", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, memoryClasses())
+	})
 	go func() { _ = http.Serve(ln, mux) }()
 	return ln.Addr().String(), nil
 }
@@ -69,4 +74,53 @@ func processCPU(pid int) (time.Duration, error) {
 // its current RSS, as resetPeakRSS does for this process.
 func resetProcessPeakRSS(pid int) error {
 	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
+// memoryClasses says where the process's memory is, in MiB, from
+// runtime/metrics: heap objects, free heap not yet returned to the OS,
+// goroutine stacks, the rest of the runtime's own, the heap goal, and the
+// goroutine count.
+func memoryClasses() string {
+	names := []string{
+		"/memory/classes/heap/objects:bytes",
+		"/memory/classes/heap/unused:bytes",
+		"/memory/classes/heap/free:bytes",
+		"/memory/classes/heap/released:bytes",
+		"/memory/classes/heap/stacks:bytes",
+		"/memory/classes/os-stacks:bytes",
+		"/memory/classes/metadata/other:bytes",
+		"/gc/heap/live:bytes",
+		"/gc/heap/goal:bytes",
+		"/sched/goroutines:goroutines",
+	}
+	samples := make([]metrics.Sample, len(names))
+	for i, n := range names {
+		samples[i].Name = n
+	}
+	metrics.Read(samples)
+	parts := make([]string, len(samples))
+	for i, s := range samples {
+		name := strings.TrimPrefix(strings.TrimPrefix(s.Name, "/memory/classes/"), "/")
+		name, unit, _ := strings.Cut(name, ":")
+		if unit == "bytes" {
+			parts[i] = fmt.Sprintf("%s %.1f", name, float64(s.Value.Uint64())/(1<<20))
+		} else {
+			parts[i] = fmt.Sprintf("%s %d", name, s.Value.Uint64())
+		}
+	}
+	return "MiB: " + strings.Join(parts, ", ")
+}
+
+// fetchText returns the body at url, or the error as text.
+func fetchText(url string) string {
+	res, err := http.Get(url)
+	if err != nil {
+		return err.Error()
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
 }

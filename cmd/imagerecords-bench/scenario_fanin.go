@@ -29,6 +29,9 @@ type fanInRun struct {
 	// o.s5After later.
 	baseline, end, after uint64
 	profiles             string
+	// memory says where the gateway's memory was (runtime/metrics), with
+	// -s5-profile.
+	memory []string
 }
 
 // fanInProcess runs the streams of scenario 5 through "imagerecords-bench
@@ -88,6 +91,16 @@ func fanInProcess(o options, st *stack, ids []string, log io.Writer) (fanInRun, 
 	if r.baseline, _, err = p.rss(); err != nil {
 		return r, err
 	}
+	var memoryMu sync.Mutex // the heap profile's goroutine reads it too
+	memory := func(when string) {
+		if p.pprof != "" {
+			m := when + ": " + fetchText("http://"+p.pprof+"/debug/memory")
+			memoryMu.Lock()
+			r.memory = append(r.memory, m)
+			memoryMu.Unlock()
+		}
+	}
+	memory("before the streams")
 	if err := resetProcessPeakRSS(pid); err != nil {
 		return r, err
 	}
@@ -116,6 +129,7 @@ func fanInProcess(o options, st *stack, ids []string, log io.Writer) (fanInRun, 
 				heap.Do(func() {
 					go func() {
 						profileErrs[1] = fetchProfile("http://"+p.pprof+"/debug/pprof/heap", o.s5Profile+".heap")
+						memory("at half the records")
 					}()
 				})
 			}
@@ -130,13 +144,17 @@ func fanInProcess(o options, st *stack, ids []string, log io.Writer) (fanInRun, 
 		return r, err
 	}
 	r.rssErr = nil // runLoad's figures of this process are not the gateway's
+	memory("as the last stream ended")
 	fmt.Fprintf(log, "scenario 5: gateway process: waiting %v ...\n", o.s5After)
 	time.Sleep(o.s5After) // the callers' connections stay open, as a sidecar's do
 	if r.after, _, err = p.rss(); err != nil {
 		return r, err
 	}
+	memory(fmt.Sprintf("%v after", o.s5After))
 	if cpuDone != nil {
-		<-cpuDone
+		<-cpuDone // the heap profile, begun at half the records, is long done
+		memoryMu.Lock()
+		defer memoryMu.Unlock()
 		r.profiles = fmt.Sprintf("cpu %q (8 s from the start), heap %q (at half the records): errors %v", o.s5Profile+".cpu", o.s5Profile+".heap", profileErrs)
 	}
 	return r, nil

@@ -312,6 +312,9 @@ func scenarioManyCallers(o options, log io.Writer) (*report, error) {
 	if proc.profiles != "" {
 		rep.note("gateway process profiles: %s", proc.profiles)
 	}
+	for _, m := range proc.memory {
+		rep.note("gateway process memory %s", m)
+	}
 	start := "all streams start at once behind a barrier"
 	if o.s5Ramp > 0 {
 		start = fmt.Sprintf("stream starts spread evenly over %v", o.s5Ramp)
