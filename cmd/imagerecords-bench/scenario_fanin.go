@@ -76,16 +76,18 @@ func fanInProcess(o options, st *stack, ids []string, log io.Writer) (fanInRun, 
 	fmt.Fprintf(log, "scenario 5: gateway process: warming connection pools with %d concurrent calls ...\n", len(ids))
 	var wg sync.WaitGroup
 	var warmErrs atomic.Int64
+	var firstErr atomic.Pointer[string]
 	for i, id := range ids {
 		wg.Go(func() {
 			if _, err := gatewayList(ctx, clients[i%len(clients)], id, upstream.MaxPageSize); err != nil {
 				warmErrs.Add(1)
+				noteError(&firstErr, err)
 			}
 		})
 	}
 	wg.Wait()
 	if e := warmErrs.Load(); e > 0 {
-		return r, fmt.Errorf("%d warm-up calls of the gateway process failed", e)
+		return r, fmt.Errorf("%d warm-up calls of the gateway process failed, the first with %s; its log:\n%s", e, *firstErr.Load(), p.logs())
 	}
 	settleFor(time.Second)
 	if r.baseline, _, err = p.rss(); err != nil {
