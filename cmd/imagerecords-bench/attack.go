@@ -39,12 +39,12 @@ import (
 // process's RSS before, at its peak, and after the attack.
 
 // serveGatewayCommand, as the first argument, makes this program the
-// gateway of scenario 9 (gateway.Run, as imagerecordsd runs it, with the
-// remaining arguments as its flags), so that the scenario measures the
-// gateway's RSS apart from the attackers'.
+// gateway of scenarios 5 and 9 (gateway.Run, as imagerecordsd runs it,
+// with the remaining arguments as its flags), so that those scenarios
+// measure the gateway's CPU time and RSS apart from the callers'.
 const serveGatewayCommand = "serve-gateway"
 
-// serveGateway is the gateway process of scenario 9.
+// serveGateway is the gateway process of scenarios 5 and 9.
 func serveGateway(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -101,7 +101,7 @@ type attackCounts struct {
 	legitListLatency, legitStreamLatency latencies
 }
 
-// gatewayProcess is the gateway of scenario 9.
+// gatewayProcess is the gateway of scenarios 5 and 9.
 type gatewayProcess struct {
 	cmd         *exec.Cmd
 	addr, admin string

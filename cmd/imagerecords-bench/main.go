@@ -19,7 +19,11 @@
 //  2. a latency-bound stream: 10,000 records at 20 ms per upstream call
 //  3. a CPU-bound stream: 200,000 records, no upstream latency
 //  4. flat memory and backpressure: 1,000,000 records to a slow reader
-//  5. many callers: 1,000 concurrent streams of 1,000 records at 20 ms
+//  5. many callers: 1,000 concurrent streams of 1,000 records at 20 ms,
+//     in this process and again through the gateway in a process of its
+//     own ("serve-gateway" pointed at this process's simulator), whose
+//     CPU time and RSS (peak, at the end, -s5-after later) are the
+//     gateway's alone
 //  6. unary ListImageModifiedRecords at concurrency 64, no latency
 //  7. a fleet: 500 desktops × 250 records at 20 ms under a quota of 100 calls/s
 //  8. fleet memory: 1,000 desktops × 1,000 records to a slow reader
@@ -32,7 +36,7 @@
 //     -scenarios 9.
 //
 // "imagerecords-bench serve-gateway [gateway flags]" is the gateway process
-// of scenario 9.
+// of scenarios 5 and 9.
 package main
 
 import (
