@@ -144,6 +144,9 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 			TotalCount:  int32(page.TotalCount),
 			RequestId:   page.RequestID,
 		}
+		// Counted now: no use of page after Send keeps its record slice
+		// alive while Send waits for the caller (out holds what it needs).
+		records := int64(len(page.Records))
 		if err := stream.Send(out); err != nil {
 			if ctx.Err() != nil {
 				return s.toConnectError(ctx, ctx.Err())
@@ -151,7 +154,7 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 			return err
 		}
 		s.metrics.pages.Add(ctx, 1, methodStream)
-		s.metrics.records.Add(ctx, int64(len(page.Records)), methodStream)
+		s.metrics.records.Add(ctx, records, methodStream)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // What a successful answer must look like. The rules below are deliberate;
@@ -96,9 +97,12 @@ var (
 func DecodePage(body []byte) (*Page, error) { return decodePage(body) }
 
 func decodePage(body []byte) (*Page, error) {
-	// One copy of the whole body: the strings of the page are substrings
-	// of it, and none of them aliases the caller's (pooled) buffer.
-	d := pageDecoder{s: string(body), validUTF8: utf8.Valid(body)}
+	// The decoder reads the caller's (pooled) buffer in place, as a string
+	// that lives no longer than this call: every string the page keeps is
+	// copied out of it by detach, into one block of just those strings
+	// (half the body: no keys, no punctuation, no times), and errors copy
+	// what they quote. A page in flight holds that block, not the body.
+	d := pageDecoder{s: unsafe.String(unsafe.SliceData(body), len(body)), validUTF8: utf8.Valid(body)}
 	var wp wirePage
 	if err := d.page(&wp); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedResponse, err)
@@ -136,12 +140,53 @@ func decodePage(body []byte) (*Page, error) {
 			records[i].UpdateTime = t
 		}
 	}
-	return &Page{
+	page := &Page{
 		RequestID:  wp.requestID,
 		TotalCount: int(wp.totalCount),
 		NextToken:  wp.nextToken,
 		Records:    records,
-	}, nil
+	}
+	page.detach()
+	return page, nil
+}
+
+// detach copies every string of the page out of the body the page was
+// decoded from: the records' strings into one block, which lives as long
+// as the records, and RequestId and NextToken apart, since they outlive
+// the records (Pages remembers every NextToken of a sequence, a span or a
+// log line may keep a RequestId): sharing the block would keep every
+// page's records alive as long as its token.
+func (p *Page) detach() {
+	p.RequestID = strings.Clone(p.RequestID)
+	p.NextToken = strings.Clone(p.NextToken)
+	n := 0
+	for i := range p.Records {
+		r := &p.Records[i]
+		n += len(r.ImageID) + len(r.ImageName) + len(r.NewImageID) + len(r.NewImageName) + len(r.Reason)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for i := range p.Records {
+		r := &p.Records[i]
+		b.WriteString(r.ImageID)
+		b.WriteString(r.ImageName)
+		b.WriteString(r.NewImageID)
+		b.WriteString(r.NewImageName)
+		b.WriteString(r.Reason)
+	}
+	block, off := b.String(), 0
+	take := func(s *string) {
+		*s = block[off : off+len(*s)]
+		off += len(*s)
+	}
+	for i := range p.Records {
+		r := &p.Records[i]
+		take(&r.ImageID)
+		take(&r.ImageName)
+		take(&r.NewImageID)
+		take(&r.NewImageName)
+		take(&r.Reason)
+	}
 }
 
 // wirePage is what a body says, before the rules judge it: with duplicate

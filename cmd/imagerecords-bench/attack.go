@@ -39,16 +39,22 @@ import (
 // process's RSS before, at its peak, and after the attack.
 
 // serveGatewayCommand, as the first argument, makes this program the
-// gateway of scenario 9 (gateway.Run, as imagerecordsd runs it, with the
-// remaining arguments as its flags), so that the scenario measures the
-// gateway's RSS apart from the attackers'.
+// gateway of scenarios 5 and 9 (gateway.Run, as imagerecordsd runs it,
+// with the remaining arguments as its flags), so that those scenarios
+// measure the gateway's CPU time and RSS apart from the callers'.
 const serveGatewayCommand = "serve-gateway"
 
-// serveGateway is the gateway process of scenario 9.
+// serveGateway is the gateway process of scenarios 5 and 9.
 func serveGateway(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	cfg, err := gateway.ParseArgs(args, os.LookupEnv, os.Stderr)
+	if err == nil {
+		var addr string
+		if addr, err = serveProfiles(os.Getenv(profileListenEnv)); addr != "" {
+			fmt.Fprintf(os.Stderr, "{\"msg\":\"pprof\",\"pprof_addr\":%q}\n", addr)
+		}
+	}
 	if err == nil {
 		err = gateway.Run(ctx, cfg, io.Discard, os.Stderr, nil)
 	}
@@ -95,15 +101,18 @@ type attackCounts struct {
 	legitListLatency, legitStreamLatency latencies
 }
 
-// gatewayProcess is the gateway of scenario 9.
+// gatewayProcess is the gateway of scenarios 5 and 9.
 type gatewayProcess struct {
 	cmd         *exec.Cmd
 	addr, admin string
+	pprof       string // with profileListenEnv: net/http/pprof's address
 	stderr      *bytes.Buffer
 	mu          sync.Mutex
 }
 
-func startGatewayProcess(args []string) (*gatewayProcess, error) {
+// startGatewayProcess starts "imagerecords-bench serve-gateway args" with
+// this process's environment less the gateway's variables, plus env.
+func startGatewayProcess(args []string, env ...string) (*gatewayProcess, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -114,6 +123,7 @@ func startGatewayProcess(args []string) (*gatewayProcess, error) {
 			p.cmd.Env = append(p.cmd.Env, kv)
 		}
 	}
+	p.cmd.Env = append(p.cmd.Env, env...)
 	pipe, err := p.cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -130,6 +140,10 @@ func startGatewayProcess(args []string) (*gatewayProcess, error) {
 				Msg       string
 				Addr      string `json:"addr"`
 				AdminAddr string `json:"admin_addr"`
+				PprofAddr string `json:"pprof_addr"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "pprof" {
+				p.pprof = line.PprofAddr // logged before "serving"
 			}
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
 				p.addr, p.admin = line.Addr, line.AdminAddr

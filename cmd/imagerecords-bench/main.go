@@ -19,7 +19,11 @@
 //  2. a latency-bound stream: 10,000 records at 20 ms per upstream call
 //  3. a CPU-bound stream: 200,000 records, no upstream latency
 //  4. flat memory and backpressure: 1,000,000 records to a slow reader
-//  5. many callers: 1,000 concurrent streams of 1,000 records at 20 ms
+//  5. many callers: 1,000 concurrent streams of 1,000 records at 20 ms,
+//     in this process and again through the gateway in a process of its
+//     own ("serve-gateway" pointed at this process's simulator), whose
+//     CPU time and RSS (peak, at the end, -s5-after later) are the
+//     gateway's alone
 //  6. unary ListImageModifiedRecords at concurrency 64, no latency
 //  7. a fleet: 500 desktops × 250 records at 20 ms under a quota of 100 calls/s
 //  8. fleet memory: 1,000 desktops × 1,000 records to a slow reader
@@ -32,7 +36,7 @@
 //     -scenarios 9.
 //
 // "imagerecords-bench serve-gateway [gateway flags]" is the gateway process
-// of scenario 9.
+// of scenarios 5 and 9.
 package main
 
 import (
@@ -73,6 +77,8 @@ type options struct {
 	s5Records     int
 	s5Clients     int
 	s5Ramp        time.Duration
+	s5After       time.Duration
+	s5Profile     string
 	s6Concurrency int
 	s6Duration    time.Duration
 	s6Unloaded    time.Duration
@@ -112,6 +118,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.s5Records, "s5-records", 1000, "scenario 5: records per stream")
 	fs.IntVar(&o.s5Clients, "s5-clients", 10, "scenario 5: gateway client connections the streams are spread over")
 	fs.DurationVar(&o.s5Ramp, "s5-ramp", 0, "scenario 5: spread the stream starts evenly over this long; 0 starts them all at once")
+	fs.DurationVar(&o.s5After, "s5-after", 10*time.Second, "scenario 5: how long after the streams of the gateway process end its RSS is read again")
+	fs.StringVar(&o.s5Profile, "s5-profile", "", "scenario 5: write CPU and heap profiles of the gateway process's run to FILE.cpu and FILE.heap (the heap when half the records arrived)")
 	fs.IntVar(&o.s6Concurrency, "s6-concurrency", 64, "scenario 6: concurrent callers")
 	fs.DurationVar(&o.s6Duration, "s6-duration", 10*time.Second, "scenario 6: duration of each side's run")
 	fs.DurationVar(&o.s6Unloaded, "s6-unloaded", 2*time.Second, "scenario 6: duration of each side's extra run at concurrency 1 (0 skips it)")

@@ -282,6 +282,39 @@ func scenarioManyCallers(o options, log io.Writer) (*report, error) {
 	}
 	rep.add(row{scenario: 5, metric: "peak heap, whole process (ref: direct run)",
 		unit: unitBytes, measured: float64(gw.peakHeap), reference: float64(ref.peakHeap)})
+	proc, err := fanInProcess(o, st, ids, log)
+	if err != nil {
+		return nil, fmt.Errorf("gateway process: %w", err)
+	}
+	procMiB := float64(proc.peakRSS) / (1 << 20)
+	rep.add(row{scenario: 5, metric: "gateway process: failed or incomplete streams (ref: direct)",
+		unit: unitCount, measured: float64(proc.failures), reference: float64(ref.failures),
+		target: "0", verdict: check(proc.failures == 0)})
+	rep.add(row{scenario: 5, metric: "gateway process: time to first message p50 (ref: direct)",
+		unit: unitDuration, measured: p(proc.loadRun, 50), reference: p(ref, 50)})
+	rep.add(row{scenario: 5, metric: "gateway process: time to first message p99 (ref: direct)",
+		unit: unitDuration, measured: p(proc.loadRun, 99), reference: p(ref, 99)})
+	rep.add(row{scenario: 5, metric: "gateway process: CPU s per million records, gateway only (ref: direct run, simulator + direct client)",
+		unit: unitFloat, suffix: "s", measured: perMillion(proc.loadRun), reference: perMillion(ref),
+		target: "≤ 2.5 s", verdict: check(perMillion(proc.loadRun) <= 2.5)})
+	rep.add(row{scenario: 5, metric: "gateway process: peak RSS (ref: its RSS before the streams, pools warm)",
+		unit: unitBytes, measured: float64(proc.peakRSS), reference: float64(proc.baseline),
+		target: "≤ 192 MiB", verdict: check(procMiB <= 192)})
+	rep.add(row{scenario: 5, metric: "gateway process: RSS as the last stream ended (ref: before)",
+		unit: unitBytes, measured: float64(proc.end), reference: float64(proc.baseline)})
+	rep.add(row{scenario: 5, metric: fmt.Sprintf("gateway process: RSS %v after the streams (ref: before)", o.s5After),
+		unit: unitBytes, measured: float64(proc.after), reference: float64(proc.baseline)})
+	rep.note("gateway process: imagerecords-bench serve-gateway (gateway.Run as imagerecordsd runs it, OTel SDK telemetry included, nothing exported) "+
+		"against this process's simulator; CPU from /proc/<pid>/stat, RSS from /proc/<pid>/status (VmHWM reset before the streams); "+
+		"%d records in %.2f s, CPU %.2f s; time to first message p50 %v p90 %v p99 %v",
+		proc.records, proc.wall.Seconds(), proc.cpu.Seconds(),
+		percentile(proc.ttfm, 50), percentile(proc.ttfm, 90), percentile(proc.ttfm, 99))
+	if proc.profiles != "" {
+		rep.note("gateway process profiles: %s", proc.profiles)
+	}
+	for _, m := range proc.memory {
+		rep.note("gateway process memory %s", m)
+	}
 	start := "all streams start at once behind a barrier"
 	if o.s5Ramp > 0 {
 		start = fmt.Sprintf("stream starts spread evenly over %v", o.s5Ramp)
