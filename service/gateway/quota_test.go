@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -177,6 +178,152 @@ func TestRedisDownMidRunLosesNothing(t *testing.T) {
 	for i, out := range logs {
 		if n := strings.Count(out.String(), "the shared upstream budget cannot be reached"); n != 1 {
 			t.Errorf("replica %d logged the lost budget %d times, want once:\n%s", i, n, out)
+		}
+	}
+}
+
+// TestRandomFaultsAtDefaults: an upstream that throttles 30% of its
+// answers at random and fails 5% with 5xx, and a gateway at its default
+// flags (nothing tuned: 4 attempts, the retry budget, the pacer): 20
+// concurrent streams of 500 records, then 10 sequential streams of 10,000,
+// each deliver every record exactly once, in order. Throttles wait for
+// quota without spending attempts; the 5xx answers fit in the attempts
+// and the budget.
+func TestRandomFaultsAtDefaults(t *testing.T) {
+	t.Parallel()
+	var desktops []ecdsim.Desktop
+	for i := range 20 {
+		desktops = append(desktops, ecdsim.Desktop{ID: fmt.Sprintf("ecd-short%010d", i), Records: 500})
+	}
+	for i := range 10 {
+		desktops = append(desktops, ecdsim.Desktop{ID: fmt.Sprintf("ecd-long%011d", i), Records: 10_000})
+	}
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops: desktops,
+		Faults:   ecdsim.Faults{ThrottleFraction: 0.30, ServerErrorFraction: 0.05},
+	})
+	stream := func(desktop string, want int) error {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+		defer cancel()
+		msgs, err := gatewaytest.Stream(ctx, h.Client(connect.WithGRPC()),
+			&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktop})
+		if err != nil {
+			return fmt.Errorf("%s: %w", desktop, err)
+		}
+		records := gatewaytest.RecordsOf(msgs)
+		if len(records) != want {
+			return fmt.Errorf("%s: %d records, want %d", desktop, len(records), want)
+		}
+		for j, r := range records {
+			rec, _ := h.Sim.Record(desktop, j)
+			when, err := time.Parse(time.RFC3339, rec.UpdateTime)
+			if err != nil || r.GetImageId() != rec.ImageID || r.GetNewImageId() != rec.NewImageID || !r.GetUpdateTime().AsTime().Equal(when) {
+				return fmt.Errorf("%s: record %d is not the simulator's record %d", desktop, j, j)
+			}
+		}
+		return nil
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, d := range desktops[:20] {
+		wg.Go(func() {
+			if err := stream(d.ID, d.Records); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	concurrent := time.Since(start)
+	for _, d := range desktops[20:] {
+		if err := stream(d.ID, d.Records); err != nil {
+			t.Error(err)
+		}
+	}
+	stats := h.Sim.Stats()
+	t.Logf("20 × 500 concurrent in %v, then 10 × 10,000 sequential in %v; %d upstream calls, %d throttled, %d 5xx",
+		concurrent.Round(time.Millisecond), (time.Since(start) - concurrent).Round(time.Millisecond), stats.Requests, stats.Throttled, stats.ServerErrors)
+}
+
+// TestListIsPromptWhileStreamsSaturateTheQuota: 20 streams keep the
+// account's quota (50 calls/s) busy, and List calls, from the streams'
+// own peer and from another, get their turn within a second (p99): the
+// pacer serves callers in turns, so a List waits for about one call of
+// each busy caller, not for the streams' backlog.
+func TestListIsPromptWhileStreamsSaturateTheQuota(t *testing.T) {
+	t.Parallel()
+	const streams, records = 20, 1500
+	desktops := []ecdsim.Desktop{{ID: "ecd-listquota00", Records: 10}}
+	for i := range streams {
+		desktops = append(desktops, ecdsim.Desktop{ID: fmt.Sprintf("ecd-satur%010d", i), Records: records})
+	}
+	sim, url := gatewaytest.Simulator(t, ecdsim.Config{
+		Desktops: desktops,
+		Faults:   ecdsim.Faults{Latency: quotaLatency},
+		Quota:    ecdsim.Quota{QPS: quotaQPS, Burst: quotaBurst},
+	})
+	h := gatewaytest.New(t, gatewaytest.Config{Upstream: url})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	done := make(chan struct{})
+	var streaming sync.WaitGroup
+	for i := range streams {
+		streaming.Go(func() {
+			desktop := desktops[1+i].ID
+			msgs, err := gatewaytest.Stream(ctx, clientFrom(h, "127.0.0.1", 0),
+				&imagerecordsv1.StreamImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktop})
+			if err != nil {
+				t.Errorf("stream %s: %v", desktop, err)
+			} else if n := len(gatewaytest.RecordsOf(msgs)); n != records {
+				t.Errorf("stream %s: %d records, want %d", desktop, n, records)
+			}
+		})
+	}
+	go func() { streaming.Wait(); close(done) }()
+	type peerLatencies struct {
+		peer      string
+		latencies []time.Duration
+		failures  []error
+	}
+	peers := []*peerLatencies{{peer: "127.0.0.2"}}
+	var listing sync.WaitGroup
+	for _, p := range peers {
+		listing.Go(func() {
+			c := clientFrom(h, p.peer, 0)
+			for {
+				select {
+				case <-done:
+					return
+				case <-ctx.Done():
+					return
+				default:
+				}
+				start := time.Now()
+				_, err := c.ListImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktops[0].ID}))
+				p.latencies = append(p.latencies, time.Since(start))
+				if err != nil {
+					p.failures = append(p.failures, err)
+				}
+			}
+		})
+	}
+	listing.Wait()
+	if ctx.Err() != nil {
+		t.Fatal("the streams did not end within 2 minutes")
+	}
+	t.Logf("upstream: %d calls, %d throttled by the quota", sim.Stats().Requests, sim.Stats().QuotaThrottled)
+	for _, p := range peers {
+		if len(p.failures) > 0 {
+			t.Errorf("peer %s: %d of %d List calls failed, first: %v", p.peer, len(p.failures), len(p.latencies), p.failures[0])
+		}
+		if len(p.latencies) < 20 {
+			t.Errorf("peer %s: only %d List calls while the streams ran", p.peer, len(p.latencies))
+			continue
+		}
+		slices.Sort(p.latencies)
+		p50, p99 := p.latencies[len(p.latencies)/2], p.latencies[len(p.latencies)*99/100]
+		t.Logf("peer %s: %d List calls, p50 %v, p99 %v", p.peer, len(p.latencies), p50, p99)
+		if p99 > time.Second {
+			t.Errorf("peer %s: List p99 %v while the streams saturate the quota, want at most 1 s", p.peer, p99)
 		}
 	}
 }
