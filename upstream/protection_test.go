@@ -86,7 +86,7 @@ func TestRetryBudgetAllowsRetriesWhileMostCallsSucceed(t *testing.T) {
 	t.Parallel()
 	var n atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if n.Add(1)%2 == 1 { // every other attempt is throttled
+		if n.Add(1)%3 == 1 { // every third attempt is throttled
 			w.WriteHeader(http.StatusBadRequest)
 			_, _ = io.WriteString(w, upstreamtest.ErrorBody("Throttling.User"))
 			return
@@ -94,10 +94,13 @@ func TestRetryBudgetAllowsRetriesWhileMostCallsSucceed(t *testing.T) {
 		_, _ = io.WriteString(w, upstreamtest.OKBody)
 	}))
 	t.Cleanup(srv.Close)
-	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(4)))
+	// The gateway's default rate limit (--upstream-qps 100, burst 20): the
+	// pacer's ceiling is what it climbs back to between throttles.
+	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(4)),
+		upstream.WithRateLimit(100, 20))
 	for i := range 500 {
 		if _, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"}); err != nil {
-			t.Fatalf("call %d at 50%% throttling: %v", i, err)
+			t.Fatalf("call %d at 33%% throttling: %v", i, err)
 		}
 	}
 }
