@@ -68,24 +68,12 @@ func budgetClient(t *testing.T, b upstream.SharedBudget, account string, creds u
 		_, _ = io.WriteString(w, upstreamtest.OKBody)
 	}))
 	t.Cleanup(srv.Close)
-	var log syncBuffer
+	log := &bytes.Buffer{}
 	c := upstream.NewClient(creds, upstream.WithEndpoint(srv.URL),
 		upstream.WithRateLimit(100, 20), // the gateway's default --upstream-qps and --upstream-burst
 		upstream.WithSharedBudget(b, account),
-		upstream.WithLogger(slog.New(slog.NewTextHandler(&log, nil))))
-	return c, &log.buf
-}
-
-// syncBuffer is a bytes.Buffer the client's goroutines may log to.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
+		upstream.WithLogger(slog.New(slog.NewTextHandler(&lockedWriter{mu: &sync.Mutex{}, w: log}, nil))))
+	return c, log
 }
 
 // TestSharedBudgetOutageFailsNoCall: while the budget cannot be reached

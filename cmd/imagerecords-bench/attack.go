@@ -32,7 +32,7 @@ import (
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
 )
 
-// Scenario 7 runs the attacks of issue 14 together against the gateway in
+// Scenario 9 runs the attacks of issue 14 together against the gateway in
 // a process of its own, at its production defaults with bearer tokens and
 // a token key file, while a legitimate caller lists and streams; it
 // reports the legitimate caller's success and latency and the gateway

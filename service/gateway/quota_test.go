@@ -125,17 +125,34 @@ func quotaSimulator(t *testing.T) (*ecdsim.Simulator, string) {
 // 1.25× the quota floor, with at most 15% of upstream calls throttled.
 func TestReplicasLiveWithinTheQuota(t *testing.T) {
 	sim, url := quotaSimulator(t)
-	var replicas []*gatewaytest.Stack
-	for range 3 {
-		replicas = append(replicas, gatewaytest.New(t, gatewaytest.Config{Upstream: url}))
-	}
+	replicas, _ := quotaReplicas(t, url)
 	run := runQuotaScenario(t, sim, replicas, nil)
 	t.Logf("3 replicas, no coordination: %v", run)
-	if limit := 1.25 * quotaFloorSec; run.wall.Seconds() > limit {
-		t.Errorf("wall %.2f s, want at most %.2f s (1.25× the floor)", run.wall.Seconds(), limit)
+	run.check(t, 1.25, 0.15)
+}
+
+// quotaReplicas starts three gateway replicas at default flags plus args,
+// facing the upstream at url, and returns them with their logs.
+func quotaReplicas(t *testing.T, url string, args ...string) ([]*gatewaytest.Stack, []*gatewaytest.Output) {
+	var replicas []*gatewaytest.Stack
+	var logs []*gatewaytest.Output
+	for range 3 {
+		out := &gatewaytest.Output{}
+		logs = append(logs, out)
+		replicas = append(replicas, gatewaytest.New(t, gatewaytest.Config{Upstream: url, Args: args, Logs: out}))
 	}
-	if share := float64(run.throttled) / float64(run.calls); share > 0.15 {
-		t.Errorf("%.1f%% of upstream calls throttled, want at most 15%%", 100*share)
+	return replicas, logs
+}
+
+// check fails t when the run took longer than maxWall × the quota floor or
+// had more than maxThrottled of its upstream calls throttled.
+func (r quotaRun) check(t *testing.T, maxWall, maxThrottled float64) {
+	t.Helper()
+	if limit := maxWall * quotaFloorSec; r.wall.Seconds() > limit {
+		t.Errorf("wall %.2f s, want at most %.2f s (%.2f× the floor)", r.wall.Seconds(), limit, maxWall)
+	}
+	if share := float64(r.throttled) / float64(r.calls); share > maxThrottled {
+		t.Errorf("%.1f%% of upstream calls throttled, want at most %.0f%%", 100*share, 100*maxThrottled)
 	}
 }
 
@@ -146,18 +163,10 @@ func TestReplicasLiveWithinTheQuota(t *testing.T) {
 func TestReplicasShareOneBudgetInRedis(t *testing.T) {
 	redis := gatewaytest.Redis(t)
 	sim, url := quotaSimulator(t)
-	var replicas []*gatewaytest.Stack
-	for range 3 {
-		replicas = append(replicas, gatewaytest.New(t, gatewaytest.Config{Upstream: url, Args: []string{"--quota-redis", redis.URL}}))
-	}
+	replicas, _ := quotaReplicas(t, url, "--quota-redis", redis.URL)
 	run := runQuotaScenario(t, sim, replicas, nil)
 	t.Logf("3 replicas, one budget in Redis: %v", run)
-	if limit := 1.10 * quotaFloorSec; run.wall.Seconds() > limit {
-		t.Errorf("wall %.2f s, want at most %.2f s (1.10× the floor)", run.wall.Seconds(), limit)
-	}
-	if share := float64(run.throttled) / float64(run.calls); share > 0.03 {
-		t.Errorf("%.1f%% of upstream calls throttled, want at most 3%%", 100*share)
-	}
+	run.check(t, 1.10, 0.03)
 }
 
 // TestRedisDownMidRunLosesNothing: Redis dies when half the records have
@@ -166,13 +175,7 @@ func TestReplicasShareOneBudgetInRedis(t *testing.T) {
 func TestRedisDownMidRunLosesNothing(t *testing.T) {
 	redis := gatewaytest.Redis(t)
 	sim, url := quotaSimulator(t)
-	var replicas []*gatewaytest.Stack
-	var logs []*gatewaytest.Output
-	for range 3 {
-		out := &gatewaytest.Output{}
-		logs = append(logs, out)
-		replicas = append(replicas, gatewaytest.New(t, gatewaytest.Config{Upstream: url, Args: []string{"--quota-redis", redis.URL}, Logs: out}))
-	}
+	replicas, logs := quotaReplicas(t, url, "--quota-redis", redis.URL)
 	run := runQuotaScenario(t, sim, replicas, redis.Stop)
 	t.Logf("3 replicas, Redis killed midway: %v", run)
 	for i, out := range logs {
