@@ -32,10 +32,12 @@ import (
 //     decreases is judged once enough calls went out at the lowered rate:
 //     when the rate fell far, the throttled share barely, and what got
 //     through fell with the rate (against a quota, what gets through stays
-//     the quota), the pacer restores the rate it had before the throttling
-//     began and, for a while, takes throttled windows for clean ones. Heavy throttling
-//     (more than half the calls), throttling that grew, or nothing getting
-//     through at all, is always taken to be the quota's.
+//     the quota), the pacer restores the rate it had before the
+//     throttling began, and from then on takes windows throttled about as
+//     much as that (the noise) for clean ones; the noise it tolerates
+//     follows the throttling down as it wanes. Heavy throttling (more than
+//     half the calls), throttling that grew, or nothing getting through at
+//     all, is always taken to be the quota's.
 //   - A throttle of a call sent before the rate was last lowered counts
 //     for nothing: that decrease already answered it.
 //   - With a shared budget ([WithSharedBudget]) the rate is the whole
@@ -54,8 +56,10 @@ import (
 // On a simulated quota of 50 calls/s (pacer_test.go), one to three
 // replicas that know nothing of each other settle at 50 calls/s with
 // 3-5% of the calls throttled; five replicas settle on the quota too, but
-// with about a fifth throttled: their probes collide more often. Random
-// 30% throttling keeps three quarters of the ceiling. A Pacer is safe for
+// with about a third throttled: their probes collide more often. Random
+// throttling of 30% or 40% of the calls keeps four fifths of the ceiling;
+// at half the calls or more it is taken to be the quota's (a known limit:
+// the pacer then sinks towards its floor). A Pacer is safe for
 // concurrent use.
 type Pacer struct {
 	clock   pacerClock
@@ -88,11 +92,13 @@ type Pacer struct {
 	cutAt        time.Time // when the rate was last lowered
 	cleanRate    float64   // the rate of the last clean window (at first, the ceiling)
 
-	win       window
-	lastWin   window // the last window that ended
-	clean     int    // clean saturated windows in a row
-	episode   *episode
-	holdUntil time.Time
+	win     window
+	lastWin window // the last window that ended
+	clean   int    // clean saturated windows in a row
+	episode *episode
+	// noise is the throttled share judged not to be this replica's doing
+	// (0: none): windows throttled about as much count as clean.
+	noise float64
 }
 
 // waiter is a waiting call; goAt is called once its slot comes.
@@ -149,10 +155,15 @@ const (
 	probeFactor = 0.05
 	maxProbe    = 1.5
 	// notOurs: throttling after a series of decreases within this factor
-	// of the throttling before it is "about as much"; when it is not ours,
-	// throttled windows count as clean for holdWindows windows.
-	notOurs     = 0.5
-	holdWindows = 8
+	// of the throttling before it is "about as much".
+	notOurs = 0.5
+	// When throttling is not ours, a window throttled up to noiseMargin ×
+	// that share plus noiseSlack counts as clean (a window's share is
+	// taken over a few dozen calls: it varies), and each window at or
+	// below the share moves the share noiseDecay of the way to it.
+	noiseMargin = 1.3
+	noiseSlack  = 0.05
+	noiseDecay  = 0.1
 	// proportional: what got through after a decrease fell "with the
 	// rate" when it is below this multiple of the rate's fall; judgedFall
 	// is how far the rate must have fallen for that to tell.
@@ -524,9 +535,6 @@ func (p *Pacer) Observe(sent time.Time, o Outcome) {
 			ep.ok++
 		}
 	}
-	if now.Before(p.holdUntil) && p.throttledShare() > heavyThrottling {
-		p.holdUntil = time.Time{} // heavy after all: the throttling is ours
-	}
 	if throttle && !p.throttleSeen {
 		// The first throttle: the rate the pacer started with is too
 		// high, by how much is not known yet. Cut it at once, rather than
@@ -652,7 +660,13 @@ func (p *Pacer) endWindow(now, end time.Time) {
 	if w.throttled == 0 {
 		p.cleanRate = p.rate
 	}
-	if w.throttled == 0 || !end.After(p.holdUntil) {
+	share := float64(w.throttled) / float64(max(w.calls, minWindowCalls))
+	tolerated := p.noise > 0 && share <= p.noise*noiseMargin+noiseSlack
+	if p.noise > 0 && share <= p.noise {
+		// Throttling that is not ours wanes: so does what is tolerated.
+		p.noise = p.noise*(1-noiseDecay) + share*noiseDecay
+	}
+	if w.throttled == 0 || tolerated {
 		// Clean, or throttled by what is not ours: room to grow.
 		saturated := w.waited*4 >= w.sent && w.sent > 0
 		if !saturated || (p.ceiling > 0 && p.rate >= p.ceiling) {
@@ -678,9 +692,8 @@ func (p *Pacer) endWindow(now, end time.Time) {
 	// Over at least a few calls: a replica with a small share of the
 	// quota sends few calls a window, and one throttle among two must not
 	// halve its rate (it would never get its share back).
-	throttled := float64(w.throttled) / float64(max(w.calls, minWindowCalls))
 	p.startEpisode(end)
-	if r := max(p.rate*max(minDecrease, (1-throttled)*afterWindowDecrease), p.floor()); r < p.rate {
+	if r := max(p.rate*max(minDecrease, (1-share)*afterWindowDecrease), p.floor()); r < p.rate {
 		p.setRate(now, r)
 	}
 }
@@ -713,7 +726,7 @@ func (p *Pacer) judge(now, end time.Time, ep *episode, w window) {
 		// this rate (against a quota, what gets through stays the
 		// quota), and the lower rate only lowers what gets through.
 		p.setRate(now, max(ep.rate, p.cleanRate))
-		p.holdUntil = end.Add(holdWindows * pacerWindow)
+		p.noise = max(after, ep.before)
 		p.episode = nil
 	default:
 		p.episode = nil // what gets through held up: the quota's

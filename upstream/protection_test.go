@@ -96,9 +96,9 @@ func TestRetryBudgetAllowsRetriesWhileMostCallsSucceed(t *testing.T) {
 	t.Cleanup(srv.Close)
 	// The gateway's default rate limit (--upstream-qps 100, burst 20): the
 	// pacer's ceiling is what it climbs back to between throttles. One
-	// throttle in three, not every other call: at a steady 50% share the
-	// pacer keeps lowering its rate towards its floor (500 calls took 100 s
-	// under -race), a known defect recorded on the quota issue.
+	// throttle in three, not every other call: at half the calls throttled
+	// or more the pacer takes the throttling to be the quota's and lowers
+	// its rate towards its floor, as the Pacer's doc says (a known limit).
 	c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(srv.URL), upstream.WithRetryPolicy(fastRetry(4)),
 		upstream.WithRateLimit(100, 20))
 	for i := range 500 {
