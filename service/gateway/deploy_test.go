@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -360,5 +361,91 @@ func TestTLSFilesReloadWithoutDroppingConnections(t *testing.T) {
 	}
 	if err := stream.Err(); err != nil || n != 1234 {
 		t.Errorf("the stream across the rotation: %d records, %v; want all 1234", n, err)
+	}
+}
+
+// TestTLSFilesReloadOnChange rotates the certificate and client CA as the
+// kubelet updates a mounted cert-manager Secret: the files are symlinks
+// into a "..data" directory link that is swapped in one rename. No SIGHUP
+// and no Reload call: the gateway's own poll must find the change. A
+// connection made before the rotation keeps working; new handshakes get
+// the new certificate and the new client CA.
+func TestTLSFilesReloadOnChange(t *testing.T) {
+	t.Parallel()
+	ca, newCA := newTestCA(t, "gateway CA"), newTestCA(t, "rotated client CA")
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.cert)
+	dir := t.TempDir()
+	// install writes one version of the Secret and points ..data at it,
+	// as the kubelet's atomic writer does; it returns the serial number
+	// of the server certificate.
+	version := 0
+	install := func(c tls.Certificate, clientCA *testCA) string {
+		version++
+		cf, kf := writePEM(t, c)
+		vdir := filepath.Join(dir, "..version"+strconv.Itoa(version))
+		if err := os.Mkdir(vdir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for src, name := range map[string]string{cf: "tls.crt", kf: "tls.key"} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(vdir, name), string(b))
+		}
+		writeFile(t, filepath.Join(vdir, "ca.crt"), string(clientCA.pem))
+		link := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(filepath.Base(vdir), link); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(link, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := x509.ParseCertificate(c.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return leaf.SerialNumber.String()
+	}
+	first := install(ca.issue(t, "gateway", true), ca)
+	for _, name := range []string{"tls.crt", "tls.key", "ca.crt"} {
+		if err := os.Symlink(filepath.Join("..data", name), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs gatewaytest.Output
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops: testDesktops,
+		Logs:     &logs,
+		Args: []string{"--tls-cert", filepath.Join(dir, "tls.crt"), "--tls-key", filepath.Join(dir, "tls.key"),
+			"--client-ca", filepath.Join(dir, "ca.crt")},
+	})
+	addr := strings.TrimPrefix(h.URL, "https://")
+	oldClient := ca.issue(t, "caller", false)
+	h.HTTP = tlsClient(roots, oldClient)
+	if err := listOK(t, h); err != nil { // opens the connection of before the rotation
+		t.Fatal(err)
+	}
+	if got, err := tlsSerial(t, addr, roots, oldClient); err != nil || got != first {
+		t.Fatalf("before the rotation: serial %s, %v; want %s", got, err, first)
+	}
+
+	second := install(ca.issue(t, "gateway", true), newCA)
+	// The gateway checks the files every 10 s: the bound leaves room for
+	// one poll on a loaded machine.
+	logs.WaitFor(t, "TLS files reloaded", 30*time.Second)
+
+	newClient := newCA.issue(t, "caller", false)
+	if got, err := tlsSerial(t, addr, roots, newClient); err != nil || got != second {
+		t.Errorf("after the rotation: serial %s, %v; want the new certificate %s", got, err, second)
+	}
+	if _, err := tlsSerial(t, addr, roots, oldClient); err == nil {
+		t.Error("after the rotation a new connection with a client certificate of the old client CA is accepted")
+	}
+	// The old client CA no longer admits a new connection: a call that
+	// succeeds went over the connection made before the rotation.
+	if err := listOK(t, h); err != nil {
+		t.Errorf("a call on the connection made before the rotation: %v, want it served", err)
 	}
 }
