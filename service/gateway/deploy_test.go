@@ -203,6 +203,25 @@ func TestMaxExitTimeAddsUpTheTimeline(t *testing.T) {
 	}
 }
 
+// TestDefaultListenIsLoopback: the binary started with no flag or
+// variable listens on loopback only (safe on a laptop) and has no admin
+// listener; the image and the manifests open it with IMAGERECORDS_LISTEN
+// (their own tests check 0.0.0.0:8080).
+func TestDefaultListenIsLoopback(t *testing.T) {
+	t.Parallel()
+	cfg, err := gateway.ParseArgs(nil, noEnv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _, err := net.SplitHostPort(cfg.Listen)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		t.Errorf("default --listen %q is not a loopback address", cfg.Listen)
+	}
+	if cfg.AdminListen != "" {
+		t.Errorf("default --admin-listen %q, want none", cfg.AdminListen)
+	}
+}
+
 // dnsNotFound is a transport whose every dial fails as DNS does for a host
 // that does not exist: no name is ever resolved.
 func dnsNotFound(dials *atomic.Int64) *http.Transport {
