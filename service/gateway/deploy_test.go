@@ -24,6 +24,7 @@ import (
 	"github.com/imagerecords/imagerecords/service/gateway/gatewaytest"
 	"github.com/imagerecords/imagerecords/upstream"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
+	"github.com/imagerecords/imagerecords/upstream/upstreamtest"
 )
 
 // lateCredentials has no key until present is set, as a pod whose
@@ -91,6 +92,29 @@ func TestReadinessFollowsTheCredentials(t *testing.T) {
 	healthOf(t, health, gateway.LivenessService)
 	if creds.asked.Load() != before {
 		t.Error("a liveness check asked the credentials provider")
+	}
+}
+
+// TestHealthIgnoresAnUpstreamOutage: while ECD answers every call 503,
+// calls fail Unavailable but liveness and readiness stay SERVING and ask
+// the upstream nothing: an outage every replica shares must neither
+// restart pods nor empty the Service.
+func TestHealthIgnoresAnUpstreamOutage(t *testing.T) {
+	t.Parallel()
+	u := upstreamtest.InOrder(t, upstreamtest.Fail(http.StatusServiceUnavailable, "ServiceUnavailable"))
+	h := gatewaytest.New(t, gatewaytest.Config{Upstream: u.URL})
+	if _, err := listOnce(t.Context(), h); connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("List during the outage: %v, want Unavailable", err)
+	}
+	before := len(u.Requests())
+	health := grpchealth.NewClient(h.HTTP, h.URL, connect.WithGRPC())
+	for _, service := range []string{gateway.LivenessService, gateway.ReadinessService} {
+		if got := healthOf(t, health, service); got != grpchealth.StatusServing {
+			t.Errorf("health of %q during an upstream outage: %v, want SERVING", service, got)
+		}
+	}
+	if n := len(u.Requests()) - before; n != 0 {
+		t.Errorf("the health checks made %d upstream requests, want none", n)
 	}
 }
 
