@@ -74,12 +74,21 @@ type daemon struct {
 // serves.
 func startDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
-	cmd := exec.Command(gatewayBinary(t), args...)
+	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, gateway.EnvPrefix) {
-			cmd.Env = append(cmd.Env, kv)
+			env = append(env, kv)
 		}
 	}
+	return startDaemonEnv(t, env, args...)
+}
+
+// startDaemonEnv starts the gateway binary with args and exactly the
+// environment env, and waits until it serves.
+func startDaemonEnv(t *testing.T, env []string, args ...string) *daemon {
+	t.Helper()
+	cmd := exec.Command(gatewayBinary(t), args...)
+	cmd.Env = env
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

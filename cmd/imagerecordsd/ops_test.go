@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
 
 	imagerecordsv1 "github.com/imagerecords/imagerecords/gen/ecd/imagerecords/v1"
 	"github.com/imagerecords/imagerecords/service/gateway"
@@ -151,5 +152,50 @@ func TestB3CallerContinuesItsTrace(t *testing.T) {
 	logs.WaitFor(t, `"msg":"rpc"`, 10*time.Second)
 	if want := `"trace_id":"` + traceID + `"`; !strings.Contains(logs.String(), want) {
 		t.Errorf("the access log lacks the caller's B3 trace id %s:\n%s", traceID, logs.String())
+	}
+}
+
+// TestReadinessWaitsForCredentials runs the real binary as a pod starts it,
+// against the real cloud (which no health check calls): with no
+// credentials anywhere in the Alibaba Cloud chain, readiness is
+// NOT_SERVING and liveness SERVING; with an AccessKey in the environment,
+// both are SERVING. The daemon's own wiring of readiness to its
+// credentials is what is tested: the gateway tests wire it themselves.
+func TestReadinessWaitsForCredentials(t *testing.T) {
+	t.Parallel()
+	testCases := []struct {
+		name      string
+		env       []string
+		wantReady grpchealth.Status
+	}{
+		{"no credentials", nil, grpchealth.StatusNotServing},
+		{"an AccessKey in the environment", []string{"ALIBABA_CLOUD_ACCESS_KEY_ID=" + gatewaytest.KeyID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET=" + gatewaytest.KeySecret}, grpchealth.StatusServing},
+	}
+	for _, tc := range testCases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			// Nothing of the machine's: no credentials variables, and a
+			// home without credential or CLI profile files.
+			var env []string
+			for _, kv := range cleanEnv() {
+				if !strings.HasPrefix(kv, "ALIBABA_CLOUD_") && !strings.HasPrefix(kv, "ALICLOUD_") && !strings.HasPrefix(kv, "HOME=") {
+					env = append(env, kv)
+				}
+			}
+			env = append(env, "ALIBABA_CLOUD_ECS_METADATA_DISABLED=true", "HOME="+t.TempDir())
+			d := startDaemonEnv(t, append(env, tc.env...), "--listen", "127.0.0.1:0")
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			health := grpchealth.NewClient(gatewaytest.H2C(), "http://"+d.addr, connect.WithGRPC())
+			for service, want := range map[string]grpchealth.Status{gateway.LivenessService: grpchealth.StatusServing, gateway.ReadinessService: tc.wantReady} {
+				res, err := health.Check(ctx, &grpchealth.CheckRequest{Service: service})
+				if err != nil {
+					t.Fatalf("health check of %q: %v\n%s", service, err, d.logs.String())
+				}
+				if res.Status != want {
+					t.Errorf("health of %q: %v, want %v\n%s", service, res.Status, want, d.logs.String())
+				}
+			}
+		})
 	}
 }

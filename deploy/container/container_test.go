@@ -1,7 +1,7 @@
 //go:build container
 
 // Package container_test runs the imagerecordsd container image as a
-// platform would: it checks the image's user and settings, starts it
+// platform would: it checks the image's user, settings and files, starts it
 // with a read-only root filesystem and no capabilities, asks its health,
 // streams every record of a desktop from it, and stops it with SIGTERM.
 // It needs a built image and podman or docker:
@@ -12,14 +12,19 @@
 package container_test
 
 import (
+	"archive/tar"
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/x509"
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"slices"
 	"strings"
 	"testing"
@@ -98,6 +103,79 @@ func TestImageSettings(t *testing.T) {
 	t.Logf("--version: %s", version)
 	if !strings.HasPrefix(version, "imagerecordsd ") || strings.HasSuffix(version, " dev") {
 		t.Errorf("--version printed %q, want a stamped version", version)
+	}
+}
+
+// TestImageContents reads the image's files (the engine's export of a
+// container created from it, never started): a static binary, a CA
+// bundle where Go looks for one (https to ECD and STS needs it; the
+// simulator tests would pass without it), and the passwd entry of the
+// non-root user. It logs the image's file list.
+func TestImageContents(t *testing.T) {
+	id := run(t, "create", "--label", "imagerecords.container-test=1", image(t))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+		defer cancel()
+		_ = exec.CommandContext(ctx, engine(t), "rm", "--force", id).Run()
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), commandTimeout)
+	defer cancel()
+	export := exec.CommandContext(ctx, engine(t), "export", id)
+	var stderr strings.Builder
+	export.Stderr = &stderr
+	out, err := export.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := export.Start(); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{}
+	var listing []string
+	tr := tar.NewReader(out)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("reading the export: %v", err)
+		}
+		name := strings.TrimPrefix(path.Clean("/"+hdr.Name), "/")
+		if hdr.Typeflag != tar.TypeReg {
+			continue
+		}
+		listing = append(listing, fmt.Sprintf("%s %s %d", os.FileMode(hdr.Mode).Perm(), name, hdr.Size))
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[name] = b
+	}
+	if err := export.Wait(); err != nil {
+		t.Fatalf("%s export: %v\n%s", engine(t), err, stderr.String())
+	}
+	t.Logf("files of %s:\n%s", image(t), strings.Join(listing, "\n"))
+
+	bin, err := elf.NewFile(bytes.NewReader(files["usr/local/bin/imagerecordsd"]))
+	if err != nil {
+		t.Fatalf("usr/local/bin/imagerecordsd is no ELF binary: %v", err)
+	}
+	for _, p := range bin.Progs {
+		if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
+			t.Errorf("usr/local/bin/imagerecordsd is dynamically linked (%v): it cannot run FROM scratch", p.Type)
+		}
+	}
+	pool := x509.NewCertPool()
+	bundle := files["etc/ssl/certs/ca-certificates.crt"]
+	if n := bytes.Count(bundle, []byte("-----BEGIN CERTIFICATE-----")); n < 10 || !pool.AppendCertsFromPEM(bundle) {
+		t.Errorf("etc/ssl/certs/ca-certificates.crt holds %d certificates, want a CA bundle", n)
+	}
+	if !slices.ContainsFunc(strings.Split(string(files["etc/passwd"]), "\n"), func(l string) bool {
+		f := strings.Split(l, ":")
+		return len(f) == 7 && f[2] == "65532" && f[3] == "65532"
+	}) {
+		t.Errorf("etc/passwd has no entry of uid 65532:\n%s", files["etc/passwd"])
 	}
 }
 

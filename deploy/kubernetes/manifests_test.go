@@ -120,7 +120,7 @@ func check(t *testing.T, r *rendered) {
 	d := r.deployment
 	pod := d.Spec.Template
 	c := gatewayContainer(t, d)
-	cfg := gatewayConfig(t, c)
+	cfg := gatewayConfig(t, c, r.configMaps)
 	ports := map[string]corev1.ContainerPort{}
 	for _, p := range c.Ports {
 		ports[p.Name] = p
@@ -377,7 +377,11 @@ func check(t *testing.T, r *rendered) {
 				t.Errorf("an egress rule allows every port: %+v", rule)
 			}
 			for _, p := range rule.Ports {
-				if k := p.Port.String() + "/" + string(*p.Protocol); !allowed[k] {
+				protocol := corev1.ProtocolTCP // Kubernetes' default
+				if p.Protocol != nil {
+					protocol = *p.Protocol
+				}
+				if k := p.Port.String() + "/" + string(protocol); !allowed[k] {
 					t.Errorf("egress to %s: only DNS, 443 and Redis are allowed", k)
 				}
 			}
@@ -404,12 +408,29 @@ func envOf(c *corev1.Container) map[string]corev1.EnvVar {
 	return m
 }
 
-// gatewayConfig parses the container's IMAGERECORDS_ variables and
+// gatewayConfig parses the container's IMAGERECORDS_ variables (from env,
+// and from the rendered ConfigMaps of envFrom, which env overrides) and
 // arguments as the daemon does at start: every variable must be a real
-// flag with a valid value (except the allowlist above).
-func gatewayConfig(t *testing.T, c *corev1.Container) gateway.Config {
+// flag with a valid value.
+func gatewayConfig(t *testing.T, c *corev1.Container, configMaps map[string]*corev1.ConfigMap) gateway.Config {
 	t.Helper()
 	var environ []string
+	for _, from := range c.EnvFrom {
+		if from.ConfigMapRef == nil {
+			t.Errorf("envFrom %+v is not a ConfigMap: the test cannot check its variables", from)
+			continue
+		}
+		cm, ok := configMaps[from.ConfigMapRef.Name]
+		if !ok {
+			t.Errorf("envFrom names ConfigMap %s, which the kustomization does not render", from.ConfigMapRef.Name)
+			continue
+		}
+		for k, v := range cm.Data {
+			if strings.HasPrefix(from.Prefix+k, gateway.EnvPrefix) {
+				environ = append(environ, from.Prefix+k+"="+v)
+			}
+		}
+	}
 	for _, e := range c.Env {
 		if !strings.HasPrefix(e.Name, gateway.EnvPrefix) {
 			continue

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	"github.com/imagerecords/imagerecords/service/gateway/gatewaytest"
 	"github.com/imagerecords/imagerecords/upstream"
 	"github.com/imagerecords/imagerecords/upstream/ecdsim"
+	"github.com/imagerecords/imagerecords/upstream/upstreamtest"
 )
 
 // lateCredentials has no key until present is set, as a pod whose
@@ -90,6 +92,29 @@ func TestReadinessFollowsTheCredentials(t *testing.T) {
 	healthOf(t, health, gateway.LivenessService)
 	if creds.asked.Load() != before {
 		t.Error("a liveness check asked the credentials provider")
+	}
+}
+
+// TestHealthIgnoresAnUpstreamOutage: while ECD answers every call 503,
+// calls fail Unavailable but liveness and readiness stay SERVING and ask
+// the upstream nothing: an outage every replica shares must neither
+// restart pods nor empty the Service.
+func TestHealthIgnoresAnUpstreamOutage(t *testing.T) {
+	t.Parallel()
+	u := upstreamtest.InOrder(t, upstreamtest.Fail(http.StatusServiceUnavailable, "ServiceUnavailable"))
+	h := gatewaytest.New(t, gatewaytest.Config{Upstream: u.URL})
+	if _, err := listOnce(t.Context(), h); connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("List during the outage: %v, want Unavailable", err)
+	}
+	before := len(u.Requests())
+	health := grpchealth.NewClient(h.HTTP, h.URL, connect.WithGRPC())
+	for _, service := range []string{gateway.LivenessService, gateway.ReadinessService} {
+		if got := healthOf(t, health, service); got != grpchealth.StatusServing {
+			t.Errorf("health of %q during an upstream outage: %v, want SERVING", service, got)
+		}
+	}
+	if n := len(u.Requests()) - before; n != 0 {
+		t.Errorf("the health checks made %d upstream requests, want none", n)
 	}
 }
 
@@ -199,6 +224,25 @@ func TestMaxExitTimeAddsUpTheTimeline(t *testing.T) {
 		if got := cfg.MaxExitTime(); got != tc.want {
 			t.Errorf("%q: MaxExitTime %v, want %v", tc.args, got, tc.want)
 		}
+	}
+}
+
+// TestDefaultListenIsLoopback: the binary started with no flag or
+// variable listens on loopback only (safe on a laptop) and has no admin
+// listener; the image and the manifests open it with IMAGERECORDS_LISTEN
+// (their own tests check 0.0.0.0:8080).
+func TestDefaultListenIsLoopback(t *testing.T) {
+	t.Parallel()
+	cfg, err := gateway.ParseArgs(nil, noEnv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _, err := net.SplitHostPort(cfg.Listen)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		t.Errorf("default --listen %q is not a loopback address", cfg.Listen)
+	}
+	if cfg.AdminListen != "" {
+		t.Errorf("default --admin-listen %q, want none", cfg.AdminListen)
 	}
 }
 
@@ -360,5 +404,91 @@ func TestTLSFilesReloadWithoutDroppingConnections(t *testing.T) {
 	}
 	if err := stream.Err(); err != nil || n != 1234 {
 		t.Errorf("the stream across the rotation: %d records, %v; want all 1234", n, err)
+	}
+}
+
+// TestTLSFilesReloadOnChange rotates the certificate and client CA as the
+// kubelet updates a mounted cert-manager Secret: the files are symlinks
+// into a "..data" directory link that is swapped in one rename. No SIGHUP
+// and no Reload call: the gateway's own poll must find the change. A
+// connection made before the rotation keeps working; new handshakes get
+// the new certificate and the new client CA.
+func TestTLSFilesReloadOnChange(t *testing.T) {
+	t.Parallel()
+	ca, newCA := newTestCA(t, "gateway CA"), newTestCA(t, "rotated client CA")
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.cert)
+	dir := t.TempDir()
+	// install writes one version of the Secret and points ..data at it,
+	// as the kubelet's atomic writer does; it returns the serial number
+	// of the server certificate.
+	version := 0
+	install := func(c tls.Certificate, clientCA *testCA) string {
+		version++
+		cf, kf := writePEM(t, c)
+		vdir := filepath.Join(dir, "..version"+strconv.Itoa(version))
+		if err := os.Mkdir(vdir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for src, name := range map[string]string{cf: "tls.crt", kf: "tls.key"} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(vdir, name), string(b))
+		}
+		writeFile(t, filepath.Join(vdir, "ca.crt"), string(clientCA.pem))
+		link := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(filepath.Base(vdir), link); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(link, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := x509.ParseCertificate(c.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return leaf.SerialNumber.String()
+	}
+	first := install(ca.issue(t, "gateway", true), ca)
+	for _, name := range []string{"tls.crt", "tls.key", "ca.crt"} {
+		if err := os.Symlink(filepath.Join("..data", name), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs gatewaytest.Output
+	h := gatewaytest.New(t, gatewaytest.Config{
+		Desktops: testDesktops,
+		Logs:     &logs,
+		Args: []string{"--tls-cert", filepath.Join(dir, "tls.crt"), "--tls-key", filepath.Join(dir, "tls.key"),
+			"--client-ca", filepath.Join(dir, "ca.crt")},
+	})
+	addr := strings.TrimPrefix(h.URL, "https://")
+	oldClient := ca.issue(t, "caller", false)
+	h.HTTP = tlsClient(roots, oldClient)
+	if err := listOK(t, h); err != nil { // opens the connection of before the rotation
+		t.Fatal(err)
+	}
+	if got, err := tlsSerial(t, addr, roots, oldClient); err != nil || got != first {
+		t.Fatalf("before the rotation: serial %s, %v; want %s", got, err, first)
+	}
+
+	second := install(ca.issue(t, "gateway", true), newCA)
+	// The gateway checks the files every 10 s: the bound leaves room for
+	// one poll on a loaded machine.
+	logs.WaitFor(t, "TLS files reloaded", 30*time.Second)
+
+	newClient := newCA.issue(t, "caller", false)
+	if got, err := tlsSerial(t, addr, roots, newClient); err != nil || got != second {
+		t.Errorf("after the rotation: serial %s, %v; want the new certificate %s", got, err, second)
+	}
+	if _, err := tlsSerial(t, addr, roots, oldClient); err == nil {
+		t.Error("after the rotation a new connection with a client certificate of the old client CA is accepted")
+	}
+	// The old client CA no longer admits a new connection: a call that
+	// succeeds went over the connection made before the rotation.
+	if err := listOK(t, h); err != nil {
+		t.Errorf("a call on the connection made before the rotation: %v, want it served", err)
 	}
 }
