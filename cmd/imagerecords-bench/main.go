@@ -34,6 +34,11 @@
 //     legitimate caller lists and streams: its success rate and p99, and the
 //     gateway's RSS before, at its peak and after. Not run by default:
 //     -scenarios 9.
+//  10. the account's API quota (issue 9): 30 concurrent streams of 2,000
+//     records at 10 ms against a simulated quota of 50 calls/s, through
+//     1 and 3 gateway replicas at their defaults, alone and sharing one
+//     budget in a redis-server: wall time ÷ the quota floor, throttled
+//     share, streams complete. Not run by default: -scenarios 10.
 //
 // "imagerecords-bench serve-gateway [gateway flags]" is the gateway process
 // of scenarios 5 and 9.
@@ -90,6 +95,7 @@ type options struct {
 	s8Small       int
 	s9Duration    time.Duration
 	s9After       time.Duration
+	s10           quotaOptions
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -131,6 +137,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.s8Small, "s8-small", 100, "scenario 8: desktops of the fleet it is compared with (long enough to fill the workers and the client's window, as the big one does)")
 	fs.DurationVar(&o.s9Duration, "s9-duration", 60*time.Second, "scenario 9: how long the attacks last")
 	fs.DurationVar(&o.s9After, "s9-after", 90*time.Second, "scenario 9: how long after the attack the gateway's RSS is read again")
+	quotaFlags(fs, &o.s10)
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -142,7 +149,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-scenarios: %w", err)
 	}
 	for _, n := range o.scenarios {
-		if n < 1 || n > 9 {
+		if n < 1 || n > 10 {
 			return o, fmt.Errorf("-scenarios: there is no scenario %d", n)
 		}
 	}
@@ -201,6 +208,8 @@ func run(o options, stdout, stderr io.Writer) error {
 		7: scenarioFleetSpeed,
 		8: scenarioFleetMemory,
 		9: scenarioAttack,
+
+		10: scenarioQuota, // quota.go
 	}
 	order := slices.Sorted(slices.Values(o.scenarios))
 	reports := map[int]*report{}
@@ -244,6 +253,9 @@ func printMachine(w io.Writer, o options) {
 		o.telemetry, qps, gzip, window)
 	if slices.Contains(o.scenarios, 7) {
 		fmt.Fprintln(w, "           scenario 7 has a setup of its own: the gateway in a process of its own at imagerecordsd's defaults (see its notes)")
+	}
+	if slices.Contains(o.scenarios, 10) {
+		fmt.Fprintln(w, "           scenario 10 has a setup of its own: gateways at imagerecordsd's defaults in front of a simulated account quota (see its notes)")
 	}
 	fmt.Fprintf(w, "load:      %s (1, 5, 15 min load average at start; the machine is shared)\n", loadAverage())
 }

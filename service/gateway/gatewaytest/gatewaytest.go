@@ -509,6 +509,14 @@ func (o *Output) String() string {
 // longer than timeout.
 func (o *Output) WaitFor(t testing.TB, s string, timeout time.Duration) {
 	t.Helper()
+	if err := o.await(s, timeout); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// await waits until the output contains s, or returns an error when that
+// takes longer than timeout.
+func (o *Output) await(s string, timeout time.Duration) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
@@ -520,12 +528,12 @@ func (o *Output) WaitFor(t testing.TB, s string, timeout time.Duration) {
 		changed := o.changed
 		o.mu.Unlock()
 		if found {
-			return
+			return nil
 		}
 		select {
 		case <-changed:
 		case <-deadline.C:
-			t.Fatalf("after %v the output still lacks %s:\n%s", timeout, s, o.String())
+			return fmt.Errorf("after %v the output still lacks %s:\n%s", timeout, s, o.String())
 		}
 	}
 }
@@ -589,13 +597,25 @@ type RedisServer struct {
 // loopback port, without persistence, and stops it when t ends.
 func Redis(t testing.TB) *RedisServer {
 	t.Helper()
+	r, err := StartRedis()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// StartRedis starts redis-server as [Redis] does, for a caller without a
+// test (the benchmark); Stop stops it. The error wraps [exec.ErrNotFound]
+// when redis-server is not installed.
+func StartRedis() (*RedisServer, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		t.Fatalf("redis-server is not installed (apt-get install redis-server; .ci/run does): %v", err)
+		return nil, fmt.Errorf("redis-server is not installed (apt-get install redis-server; .ci/run does): %w", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
@@ -603,13 +623,15 @@ func Redis(t testing.TB) *RedisServer {
 	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no")
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	r := &RedisServer{URL: fmt.Sprintf("redis://127.0.0.1:%d/0", port), cmd: cmd, done: make(chan error, 1)}
 	go func() { r.done <- cmd.Wait() }()
-	t.Cleanup(r.Stop)
-	out.WaitFor(t, "Ready to accept connections", 30*time.Second)
-	return r
+	if err := out.await("Ready to accept connections", 30*time.Second); err != nil {
+		r.Stop()
+		return nil, fmt.Errorf("redis-server: %w", err)
+	}
+	return r, nil
 }
 
 // Stop kills the server (as a crash would) and waits for it to exit. It
