@@ -305,9 +305,21 @@ func TestWatchResumesWithoutGapOrRepeat(t *testing.T) {
 				if keep {
 					startWatch(t, h.Client(), &imagerecordsv1.WatchImageModifiedRecordsRequest{}).next(t)
 				}
+				// disconnect cancels w. When no other watcher keeps the
+				// poller, it waits until the gateway's side of the call has
+				// ended too: the caller's cancellation reaches it in its own
+				// time, and a watch started before then would join the old
+				// poller instead of starting one, and wait for that poller's
+				// next poll, which (armed after the clock moved) never comes.
+				disconnect := func(w *watchSession) {
+					w.cancel()
+					if !keep {
+						waitCallsEnded(t, h)
+					}
+				}
 				w := startWatch(t, h.Client(), &imagerecordsv1.WatchImageModifiedRecordsRequest{})
 				cursor := w.next(t).GetResumeCursor()
-				w.cancel()
+				disconnect(w)
 				changes := h.Sim.Changes(liveDesktop, watchStart, watchStart.Add(45*time.Minute))
 				for k, c := range changes {
 					// Disconnected, the desktop moves on by one transition.
@@ -322,14 +334,14 @@ func TestWatchResumesWithoutGapOrRepeat(t *testing.T) {
 					m := w.nextEvent(t)
 					checkTransition(t, h, c, m)
 					cursor = m.GetResumeCursor()
-					w.cancel()
+					disconnect(w)
 					if k == 2 {
 						// Resumed at once: nothing new, nothing repeated.
 						w = startWatch(t, h.Client(), &imagerecordsv1.WatchImageModifiedRecordsRequest{ResumeCursor: cursor})
 						if m := w.next(t); m.GetHeartbeat() == nil {
 							t.Fatalf("resumed with nothing new: %v", m)
 						}
-						w.cancel()
+						disconnect(w)
 					}
 				}
 				w.stop(t)
@@ -341,6 +353,23 @@ func TestWatchResumesWithoutGapOrRepeat(t *testing.T) {
 				t.Logf("%d transitions, each seen once after a disconnect; cursor %d bytes", len(changes), len(cursor))
 			})
 		}
+	}
+}
+
+// waitCallsEnded waits until the gateway has no call in progress, e.g.
+// until the gateway's side of a cancelled watch has ended and its watcher
+// has left its poller.
+func waitCallsEnded(t *testing.T, h *gatewaytest.Stack) {
+	t.Helper()
+	ended := make(chan struct{})
+	go func() {
+		h.Gateway.WaitIdle()
+		close(ended)
+	}()
+	select {
+	case <-ended:
+	case <-time.After(waitBound):
+		t.Fatalf("the gateway still serves a call %v after its caller went away", waitBound)
 	}
 }
 
