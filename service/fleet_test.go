@@ -330,30 +330,46 @@ func TestFleetEndsOnFleetWideErrors(t *testing.T) {
 	}
 }
 
-func TestFleetMaxConcurrencyOneSendsDesktopsOneAfterAnother(t *testing.T) {
+func TestFleetConcurrencyOneSendsDesktopsOneAfterAnother(t *testing.T) {
 	t.Parallel()
-	desktops := ecdsim.DefaultDesktops(gatewaytest.Seed)
-	h := gatewaytest.New(t, gatewaytest.Config{})
-	ids := []string{desktops[1].ID, desktops[2].ID, desktops[4].ID} // 250, 101 and 42 records
-	stream, err := h.Client().StreamFleetImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamFleetImageModifiedRecordsRequest{
-		RegionId: gatewaytest.Region, DesktopIds: ids, MaxConcurrency: 1,
-	}))
-	if err != nil {
-		t.Fatal(err)
+	testCases := []struct {
+		name        string
+		args        []string
+		concurrency int32
+	}{
+		{"max_concurrency 1", nil, 1},
+		// The flag is the cap of max_concurrency: a fleet that asks for
+		// 64 desktops at once gets the flag's 1 (the default, 16, would
+		// not show the cap with three desktops).
+		{"max_concurrency 64 capped by --fleet-concurrency 1", []string{"--fleet-concurrency", "1"}, 64},
 	}
-	defer stream.Close()
-	var order []string // desktop of each message, runs folded
-	for stream.Receive() {
-		id := stream.Msg().GetDesktopRecords().GetDesktopId() + stream.Msg().GetDesktopDone().GetDesktopId()
-		if id != "" && (len(order) == 0 || order[len(order)-1] != id) {
-			order = append(order, id)
-		}
-	}
-	if err := stream.Err(); err != nil {
-		t.Fatal(err)
-	}
-	sorted := slices.Sorted(slices.Values(ids))
-	if !slices.Equal(order, sorted) {
-		t.Fatalf("with max_concurrency 1 the desktops came as %q, want one after another in id order %q", order, sorted)
+	for _, tc := range testCases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			desktops := ecdsim.DefaultDesktops(gatewaytest.Seed)
+			h := gatewaytest.New(t, gatewaytest.Config{Args: tc.args})
+			ids := []string{desktops[1].ID, desktops[2].ID, desktops[4].ID} // 250, 101 and 42 records
+			stream, err := h.Client().StreamFleetImageModifiedRecords(t.Context(), connect.NewRequest(&imagerecordsv1.StreamFleetImageModifiedRecordsRequest{
+				RegionId: gatewaytest.Region, DesktopIds: ids, MaxConcurrency: tc.concurrency,
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stream.Close()
+			var order []string // desktop of each message, runs folded
+			for stream.Receive() {
+				id := stream.Msg().GetDesktopRecords().GetDesktopId() + stream.Msg().GetDesktopDone().GetDesktopId()
+				if id != "" && (len(order) == 0 || order[len(order)-1] != id) {
+					order = append(order, id)
+				}
+			}
+			if err := stream.Err(); err != nil {
+				t.Fatal(err)
+			}
+			sorted := slices.Sorted(slices.Values(ids))
+			if !slices.Equal(order, sorted) {
+				t.Fatalf("the desktops came as %q, want one after another in id order %q", order, sorted)
+			}
+		})
 	}
 }

@@ -3,6 +3,8 @@ package service_test
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -30,10 +32,12 @@ var watchStart = time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)
 
 // liveStack is a gateway in front of a simulator with one live desktop of
 // history records, on a fake clock.
-func liveStack(t *testing.T, order ecdsim.Order, history int) (*gatewaytest.Stack, *gatewaytest.Clock) {
+// args are gateway flags, for a test that needs other than the defaults.
+func liveStack(t *testing.T, order ecdsim.Order, history int, args ...string) (*gatewaytest.Stack, *gatewaytest.Clock) {
 	t.Helper()
 	clock := gatewaytest.NewClock(watchStart)
 	h := gatewaytest.New(t, gatewaytest.Config{
+		Args:     args,
 		Desktops: []ecdsim.Desktop{{ID: liveDesktop, Records: history, Live: true}},
 		// A change every 10 minutes on average, in progress for 1 to 3
 		// minutes: longer than the gateway's 30 s longest poll interval,
@@ -305,9 +309,21 @@ func TestWatchResumesWithoutGapOrRepeat(t *testing.T) {
 				if keep {
 					startWatch(t, h.Client(), &imagerecordsv1.WatchImageModifiedRecordsRequest{}).next(t)
 				}
+				// disconnect cancels w. When no other watcher keeps the
+				// poller, it waits until the gateway's side of the call has
+				// ended too: the caller's cancellation reaches it in its own
+				// time, and a watch started before then would join the old
+				// poller instead of starting one, and wait for that poller's
+				// next poll, which (armed after the clock moved) never comes.
+				disconnect := func(w *watchSession) {
+					w.cancel()
+					if !keep {
+						waitCallsEnded(t, h)
+					}
+				}
 				w := startWatch(t, h.Client(), &imagerecordsv1.WatchImageModifiedRecordsRequest{})
 				cursor := w.next(t).GetResumeCursor()
-				w.cancel()
+				disconnect(w)
 				changes := h.Sim.Changes(liveDesktop, watchStart, watchStart.Add(45*time.Minute))
 				for k, c := range changes {
 					// Disconnected, the desktop moves on by one transition.
@@ -322,14 +338,14 @@ func TestWatchResumesWithoutGapOrRepeat(t *testing.T) {
 					m := w.nextEvent(t)
 					checkTransition(t, h, c, m)
 					cursor = m.GetResumeCursor()
-					w.cancel()
+					disconnect(w)
 					if k == 2 {
 						// Resumed at once: nothing new, nothing repeated.
 						w = startWatch(t, h.Client(), &imagerecordsv1.WatchImageModifiedRecordsRequest{ResumeCursor: cursor})
 						if m := w.next(t); m.GetHeartbeat() == nil {
 							t.Fatalf("resumed with nothing new: %v", m)
 						}
-						w.cancel()
+						disconnect(w)
 					}
 				}
 				w.stop(t)
@@ -341,6 +357,75 @@ func TestWatchResumesWithoutGapOrRepeat(t *testing.T) {
 				t.Logf("%d transitions, each seen once after a disconnect; cursor %d bytes", len(changes), len(cursor))
 			})
 		}
+	}
+}
+
+func TestWatchPollsOftenWhileAChangeRunsAndBacksOffWhenSettled(t *testing.T) {
+	t.Parallel()
+	testCases := []struct {
+		name string
+		args []string
+		want service.WatchIntervals
+	}{
+		{"defaults", nil, service.DefaultWatchIntervals()},
+		// Other bounds, to show that the flags are what bound the polls.
+		{"flags", []string{"--watch-min-interval", "5s", "--watch-max-interval", "1m"}, service.WatchIntervals{Min: 5 * time.Second, Max: time.Minute}},
+	}
+	for _, tc := range testCases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h, clock := liveStack(t, ecdsim.OldestFirst, 5, tc.args...)
+			startWatch(t, h.Client(), &imagerecordsv1.WatchImageModifiedRecordsRequest{}).next(t)
+			// A poll that finds a change in progress is followed by one
+			// within Min plus the jitter; a settled desktop's polls back off
+			// towards Max; no interval leaves [Min, Max].
+			shortest, longest := tc.want.Max, tc.want.Min
+			short := map[time.Duration]bool{} // intervals after a poll that found a change in progress
+			last, end := watchStart, watchStart.Add(40*time.Minute)
+			for last.Before(end) {
+				at := pollAt(t, clock)
+				gap := at.Sub(last)
+				if gap < tc.want.Min || gap > tc.want.Max {
+					t.Fatalf("a poll %v after the one before, want %v to %v", gap, tc.want.Min, tc.want.Max)
+				}
+				inProgress := false
+				for _, r := range h.Sim.Records(liveDesktop, last) {
+					inProgress = inProgress || r.Status == 0
+				}
+				if inProgress {
+					if limit := time.Duration(float64(tc.want.Min) * 1.2); gap >= limit {
+						t.Fatalf("the poll at %v found a change in progress; the next came %v later, want less than %v", last, gap, limit)
+					}
+					short[gap] = true
+				}
+				shortest, longest = min(shortest, gap), max(longest, gap)
+				last = at
+			}
+			if len(short) < 2 {
+				t.Errorf("every poll during a change came after %v: no jitter", slices.Collect(maps.Keys(short)))
+			}
+			if longest < time.Duration(float64(tc.want.Max)*0.8) {
+				t.Errorf("the longest interval was %v: the settled desktop's polls did not back off towards %v", longest, tc.want.Max)
+			}
+			t.Logf("intervals %v to %v; %d distinct while a change was in progress", shortest, longest, len(short))
+		})
+	}
+}
+
+// waitCallsEnded waits until the gateway has no call in progress, e.g.
+// until the gateway's side of a cancelled watch has ended and its watcher
+// has left its poller.
+func waitCallsEnded(t *testing.T, h *gatewaytest.Stack) {
+	t.Helper()
+	ended := make(chan struct{})
+	go func() {
+		h.Gateway.WaitIdle()
+		close(ended)
+	}()
+	select {
+	case <-ended:
+	case <-time.After(waitBound):
+		t.Fatalf("the gateway still serves a call %v after its caller went away", waitBound)
 	}
 }
 
