@@ -89,6 +89,7 @@ type Pacer struct {
 	noutcomes    int
 	throttleSeen bool
 	shared       bool      // the rate is the whole deployment's (a SharedBudget)
+	sharedRate   float64   // the deployment's rate when the shared budget was lost
 	cutAt        time.Time // when the rate was last lowered
 	cleanRate    float64   // the rate of the last clean window (at first, the ceiling)
 
@@ -484,6 +485,41 @@ func (p *Pacer) setShared() {
 	p.mu.Lock()
 	p.shared = true
 	p.mu.Unlock()
+}
+
+// leaveShared tells the pacer that the shared budget cannot be reached:
+// it paces this replica alone, and its rate, the whole deployment's until
+// now, becomes this replica's share of it, the rate it has been sending
+// at. rejoinShared goes back to the deployment's rate, as it stood then.
+func (p *Pacer) leaveShared() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.shared {
+		return
+	}
+	now := p.clock.Now()
+	p.shared = false
+	p.sharedRate = p.rate
+	p.clean = 0 // clean windows on the budget say nothing of room alone
+	if p.rate > 0 {
+		p.setRate(now, min(p.rate, p.sendRate(now)))
+		// No burst credit: the budget held the calls, not this pacer.
+		p.tat = later(p.tat, now.Add(time.Duration((p.burst-1)*float64(p.interval()))))
+	}
+}
+
+// rejoinShared tells the pacer that the shared budget answers again; see
+// leaveShared.
+func (p *Pacer) rejoinShared() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.shared {
+		return
+	}
+	p.shared = true
+	if p.sharedRate > 0 {
+		p.setRate(p.clock.Now(), p.sharedRate)
+	}
 }
 
 // noteWaited counts a call of this window that had to wait for the shared

@@ -129,10 +129,11 @@ func (w *quotaWorld) send(p *Pacer, latency time.Duration, next func()) {
 func (w *quotaWorld) run(d time.Duration) {
 	end := w.now.Add(d)
 	for w.queue.Len() > 0 {
-		e := heap.Pop(&w.queue).(*event)
-		if e.at.After(end) {
+		if w.queue[0].at.After(end) {
+			w.now = end
 			return
 		}
+		e := heap.Pop(&w.queue).(*event)
 		w.now = e.at
 		e.do()
 	}
@@ -190,9 +191,16 @@ func TestPacersConvergeOnTheQuota(t *testing.T) {
 // Redis (GCRA, burst 1): a call may go once the budget's theoretical
 // arrival time has come, and moves it on by one interval at the rate its
 // own pacer asks for.
-type sharedGCRA struct{ tat time.Time }
+// While down, the budget cannot be reached and lets every call go.
+type sharedGCRA struct {
+	tat  time.Time
+	down bool
+}
 
 func (g *sharedGCRA) take(now time.Time, rate float64) (wait time.Duration) {
+	if g.down {
+		return 0
+	}
 	if now.Before(g.tat) {
 		return g.tat.Sub(now)
 	}
@@ -202,28 +210,30 @@ func (g *sharedGCRA) take(now time.Time, rate float64) (wait time.Duration) {
 
 // sharedCaller is caller with a shared budget between the pacer and the
 // upstream, as Client.takeShared puts it: each question to the budget
-// takes a round trip of rtt, and a caller told to wait wakes up late
-// (timers on a busy machine).
+// takes a round trip of rtt, a caller told to wait wakes up late (timers
+// on a busy machine), and one held by a budget that is then lost takes a
+// turn with the pacer before it goes.
 func (w *quotaWorld) sharedCaller(p *Pacer, g *sharedGCRA, latency, rtt, late time.Duration) {
 	var call func()
 	call = func() {
-		p.enqueue("", time.Time{}, func(time.Time) {
-			var ask func()
-			ask = func() {
+		var ask func(held bool)
+		ask = func(held bool) {
+			w.at(w.now.Add(rtt/2), func() {
+				down, wait := g.down, g.take(w.now, p.Rate())
 				w.at(w.now.Add(rtt/2), func() {
-					wait := g.take(w.now, p.Rate())
-					w.at(w.now.Add(rtt/2), func() {
-						if wait > 0 {
-							p.noteWaited()
-							w.at(w.now.Add(wait+late), ask)
-							return
-						}
+					switch {
+					case down && held: // a turn with the pacer alone first
+						p.enqueueAt("", time.Time{}, true, func(time.Time) { w.send(p, latency, call) })
+					case wait > 0:
+						p.noteWaited()
+						w.at(w.now.Add(wait+late), func() { ask(true) })
+					default:
 						w.send(p, latency, call)
-					})
+					}
 				})
-			}
-			ask()
-		})
+			})
+		}
+		p.enqueue("", time.Time{}, func(time.Time) { ask(false) })
 	}
 	w.at(w.now, call)
 }
@@ -259,6 +269,48 @@ func TestSharedPacersConvergeOnTheQuota(t *testing.T) {
 				t.Errorf("%.1f%% of calls throttled, want at most 3%%", 100*throttled)
 			}
 		})
+	}
+}
+
+// TestPacersPaceAloneWhenTheSharedBudgetIsLost: three replicas on one
+// budget lose it (Redis died); each goes on at its share of the
+// deployment's rate, not at the whole of it, so the quota is not hit
+// three times over: in the 5 s after the loss, at most 10% of the calls
+// are throttled and 0.8× the quota still gets through (47% throttled
+// when each went on at the deployment's rate). When the budget
+// is back, the pacers go back to the deployment's rate.
+func TestPacersPaceAloneWhenTheSharedBudgetIsLost(t *testing.T) {
+	t.Parallel()
+	const quota = 50
+	w := newQuotaWorld(quota, 10)
+	g := &sharedGCRA{}
+	for range 3 {
+		p := w.newPacer(100, 20)
+		p.setShared()
+		for range 10 {
+			w.sharedCaller(p, g, 10*time.Millisecond, 500*time.Microsecond, time.Millisecond)
+		}
+	}
+	w.run(6 * time.Second)
+	deployment := w.pacers[0].Rate()
+	g.down = true
+	for _, p := range w.pacers {
+		p.leaveShared()
+	}
+	w.calls, w.success, w.throttled = 0, 0, 0 // count from the loss on
+	w.run(5 * time.Second)
+	rate := float64(w.success) / 5
+	throttled := float64(w.throttled) / float64(w.calls)
+	t.Logf("budget lost at a deployment rate of %.1f/s: %.1f calls/s got through (quota %d), %.1f%% of %d calls throttled", deployment, rate, quota, 100*throttled, w.calls)
+	if throttled > 0.10 || rate < 0.8*quota {
+		t.Errorf("after the budget was lost: %.1f%% throttled and %.1f calls/s through, want at most 10%% and at least %.0f/s", 100*throttled, rate, 0.8*quota)
+	}
+	g.down = false
+	for _, p := range w.pacers {
+		p.rejoinShared()
+	}
+	if r := w.pacers[0].Rate(); r < 0.7*quota {
+		t.Errorf("back on the budget at %.1f calls/s, want the deployment's rate (about %d), not one replica's share", r, quota)
 	}
 }
 

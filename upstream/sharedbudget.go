@@ -118,6 +118,13 @@ func (c *Client) takeShared(ctx context.Context, in DescribeInput) (time.Duratio
 				return waited, context.Cause(ctx)
 			}
 			s.fail(ctx, c, err)
+			if waited > 0 {
+				// Held by the budget until it was lost: take a turn with
+				// the pacer, which now paces this replica alone, rather
+				// than go at once with every other call the budget held.
+				w, err := c.pacer.waitRetry(ctx)
+				return waited + w, err
+			}
 			return waited, nil
 		}
 		s.recover(ctx, c)
@@ -149,21 +156,25 @@ func (s *sharedBudget) skip() bool {
 	return time.Now().Before(s.downUntil)
 }
 
-// fail records that the budget could not be reached: logged and counted
+// fail records that the budget could not be reached: the pacer paces this
+// replica alone, at its share of the deployment's rate; logged and counted
 // once per outage.
 func (s *sharedBudget) fail(ctx context.Context, c *Client, err error) {
 	s.mu.Lock()
 	s.downUntil = time.Now().Add(sharedBudgetRetry)
 	s.mu.Unlock()
 	if s.down.CompareAndSwap(false, true) {
+		c.pacer.leaveShared()
 		c.logger.LogAttrs(ctx, slog.LevelWarn, sharedBudgetDown, slog.String("error", redact(err)))
 		c.metrics.sharedBudget.Add(ctx, 1, metric.WithAttributes(attribute.String("state", "down")))
 	}
 }
 
-// recover records that the budget answers again.
+// recover records that the budget answers again: the pacer's rate is the
+// deployment's again.
 func (s *sharedBudget) recover(ctx context.Context, c *Client) {
 	if s.down.CompareAndSwap(true, false) {
+		c.pacer.rejoinShared()
 		c.logger.LogAttrs(ctx, slog.LevelInfo, "the shared upstream budget answers again")
 		c.metrics.sharedBudget.Add(ctx, 1, metric.WithAttributes(attribute.String("state", "up")))
 	}

@@ -186,14 +186,18 @@ func TestReplicasShareOneBudgetInRedis(t *testing.T) {
 }
 
 // TestRedisDownMidRunLosesNothing: Redis dies when half the records have
-// arrived; every replica goes on pacing alone, says so once in its log,
-// and every stream still delivers every record exactly once.
+// arrived; every replica goes on pacing alone, at its share of the
+// deployment's rate, says so once in its log, and every stream still
+// delivers every record exactly once. At most 10% of the upstream calls
+// are throttled (3-4% measured; 16% when each replica went on at the
+// whole deployment's rate).
 func TestRedisDownMidRunLosesNothing(t *testing.T) {
 	redis := gatewaytest.Redis(t)
 	sim, url := quotaSimulator(t)
 	replicas, logs := quotaReplicas(t, url, "--quota-redis", redis.URL)
 	run := runQuotaScenario(t, sim, replicas, redis.Stop)
 	t.Logf("3 replicas, Redis killed midway: %v", run)
+	run.check(t, 1.5, 0.10)
 	for i, out := range logs {
 		if n := strings.Count(out.String(), "the shared upstream budget cannot be reached"); n != 1 {
 			t.Errorf("replica %d logged the lost budget %d times, want once:\n%s", i, n, out)
