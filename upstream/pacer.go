@@ -44,7 +44,8 @@ import (
 //     deployment's: every replica spaces its calls in one budget at it.
 //     The first throttle halves it, and there is no probing: no other
 //     replica's room is left to find, and additive increase finds a quota
-//     that grew.
+//     that grew. While the budget cannot be reached the pacer paces its
+//     replica alone, at the rate it was sending at (its share).
 //
 // Calls go one slot every 1/rate (after a burst allowance), at the rate in
 // force when their turn comes, and callers ([WithCaller]: a peer, a
