@@ -177,7 +177,7 @@ func TestConnectionFloodIsRefused(t *testing.T) {
 	})
 	t.Run("past the global cap, refused; a quiet caller evicts the flood's idle connection", func(t *testing.T) {
 		t.Parallel()
-		// A cap of 32 instead of 4096 keeps the flood (and the test's file
+		// A cap of 32 instead of the default 1024 keeps the flood (and the test's file
 		// descriptors) small; the rule is the same at any size.
 		const max = 32
 		h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Args: []string{"--max-connections", "32"}})
@@ -231,7 +231,7 @@ func TestConnectionFloodIsRefused(t *testing.T) {
 	})
 	t.Run("past the global cap, all busy: refused", func(t *testing.T) {
 		t.Parallel()
-		// A cap of 8 instead of 4096: as above.
+		// A cap of 8 instead of the default 1024: as above.
 		const max = 8
 		entered := make(chan struct{}, max)
 		h := gatewaytest.New(t, gatewaytest.Config{

@@ -326,7 +326,7 @@ func TestStreamsArePerPeerAndPerToken(t *testing.T) {
 	bearer := func(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
 	caller := func(name string) http.Header { return http.Header{"X-Caller": {name}} }
 	desktops := append([]ecdsim.Desktop{{ID: hugeDesktop, Records: 100_000}}, testDesktops...)
-	// Every case caps streams at 3 instead of 1000, so that a few streams
+	// Every case caps streams at 3 instead of the default 100, so that a few streams
 	// reach the cap.
 	testCases := []struct {
 		name   string
@@ -418,7 +418,7 @@ func TestHealthWatchIsBoundedAndEndsOnDrain(t *testing.T) {
 	t.Run("bounded, and ended by the drain", func(t *testing.T) {
 		t.Parallel()
 		// The Watch bound follows --max-connections (one Watch per
-		// connection, as grpc clients open them); 16 instead of 4096 keeps
+		// connection, as grpc clients open them); 16 instead of the default 1024 keeps
 		// the test small.
 		const bound = 16
 		h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Args: []string{"--max-connections", "16"}})
