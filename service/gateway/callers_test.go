@@ -230,3 +230,33 @@ func issueSPIFFE(t *testing.T, ca *testCA, id string) tls.Certificate {
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
+
+// TestPeerIsTheBearerToken: with --peer-identity token the caller is its
+// token's id, whatever address it calls from (behind a sidecar every
+// address is the sidecar's), and a refused call without a known token is
+// named by its address.
+func TestPeerIsTheBearerToken(t *testing.T) {
+	t.Parallel()
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	writeFile(t, tokens, "reports token-reports-0123456789\n")
+	var logs gatewaytest.Output
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Logs: &logs, Args: []string{"--auth-tokens-file", tokens, "--peer-identity", "token"}})
+	list := func(from, token string) error {
+		req := connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: smallDesktop, PageSize: 2})
+		req.Header().Set("Authorization", "Bearer "+token)
+		_, err := clientFrom(h, from, 0).ListImageModifiedRecords(t.Context(), req)
+		return err
+	}
+	for _, from := range []string{"127.0.0.2", "127.0.0.3"} {
+		if err := list(from, "token-reports-0123456789"); err != nil {
+			t.Fatalf("from %s: %v", from, err)
+		}
+	}
+	if err := list("127.0.0.4", "token-unknown-0123456789"); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("an unknown token: %v, want Unauthenticated", err)
+	}
+	logs.WaitFor(t, `"reason":"unauthenticated","peer":"127.0.0.4"`, 10*time.Second)
+	if n := strings.Count(logs.String(), `"msg":"rpc","peer":"token:reports","token_id":"reports"`); n != 2 {
+		t.Errorf("%d access lines name the peer token:reports, want both calls:\n%s", n, logs.String())
+	}
+}

@@ -175,9 +175,36 @@ func TestConnectionFloodIsRefused(t *testing.T) {
 			t.Fatalf("another peer's call during the flood: %v", err)
 		}
 	})
+	t.Run("a trusted proxy is exempt from the per-peer cap", func(t *testing.T) {
+		t.Parallel()
+		// A cap of 4 instead of the default 256 keeps the test small; the
+		// sidecar (a trusted proxy) carries every caller's connections.
+		h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Args: []string{"--max-connections-per-peer", "4", "--trusted-proxies", "127.0.0.2"}})
+		for i := range 8 {
+			c := dialFrom(t, h, "127.0.0.2")
+			if _, err := io.WriteString(c, "GET /no-such-path HTTP/1.1\r\nHost: gateway\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			res, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("connection %d of the trusted proxy: %v", i+1, err)
+			}
+			res.Body.Close()
+			if res.StatusCode == http.StatusServiceUnavailable {
+				t.Fatalf("connection %d of the trusted proxy refused for %q", i+1, res.Header.Get("X-Refused"))
+			}
+		}
+		for range 4 {
+			dialFrom(t, h, "127.0.0.3") // accepted in order: these are admitted
+		}
+		if reason := readRefusal(t, dialFrom(t, h, "127.0.0.3")); reason != "max_connections_per_peer" {
+			t.Fatalf("another address past the cap refused for %q", reason)
+		}
+	})
 	t.Run("past the global cap, refused; a quiet caller evicts the flood's idle connection", func(t *testing.T) {
 		t.Parallel()
-		// A cap of 32 instead of 4096 keeps the flood (and the test's file
+		// A cap of 32 instead of the default 1024 keeps the flood (and the test's file
 		// descriptors) small; the rule is the same at any size.
 		const max = 32
 		h := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Args: []string{"--max-connections", "32"}})
@@ -231,7 +258,7 @@ func TestConnectionFloodIsRefused(t *testing.T) {
 	})
 	t.Run("past the global cap, all busy: refused", func(t *testing.T) {
 		t.Parallel()
-		// A cap of 8 instead of 4096: as above.
+		// A cap of 8 instead of the default 1024: as above.
 		const max = 8
 		entered := make(chan struct{}, max)
 		h := gatewaytest.New(t, gatewaytest.Config{

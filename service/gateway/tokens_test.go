@@ -114,14 +114,25 @@ func TestForgedTokensNeverReachTheUpstream(t *testing.T) {
 
 // TestTokensResumeThroughAnyReplicaWithTheKeyFile: replicas that share
 // --token-key-file continue each other's pages; a replica without it
-// refuses them, saying why.
+// warns at start that its tokens are replica-local, and refuses theirs,
+// saying why.
 func TestTokensResumeThroughAnyReplicaWithTheKeyFile(t *testing.T) {
 	t.Parallel()
 	keys := filepath.Join(t.TempDir(), "token-keys")
 	writeFile(t, keys, "# the sealing key first\n"+tokenKey1+"\n")
-	a := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Args: []string{"--token-key-file", keys}})
+	var aLogs, loneLogs gatewaytest.Output
+	a := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Args: []string{"--token-key-file", keys}, Logs: &aLogs})
 	b := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Args: []string{"--token-key-file", keys}})
-	lone := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops})
+	lone := gatewaytest.New(t, gatewaytest.Config{Desktops: testDesktops, Logs: &loneLogs})
+
+	// The start-up lines are written before New returns.
+	const randomKey = `"level":"WARN","msg":"no --token-key-file: page and resume tokens are signed with a random key of this process, so they are valid only on this replica`
+	if !strings.Contains(loneLogs.String(), randomKey) {
+		t.Errorf("a gateway without --token-key-file did not warn that its tokens are replica-local:\n%s", loneLogs.String())
+	}
+	if strings.Contains(aLogs.String(), "no --token-key-file") || !strings.Contains(aLogs.String(), `"msg":"page tokens signed with the keys of --token-key-file"`) {
+		t.Errorf("a gateway with --token-key-file: want the key file's line and no warning:\n%s", aLogs.String())
+	}
 
 	first, err := listPage(t.Context(), a.Client(connect.WithGRPC()), bigDesktop, "")
 	if err != nil {
