@@ -179,7 +179,6 @@ func TestStalledStreamsAreCut(t *testing.T) {
 	if len(inGateway) < len(latencies)-4 { // the last calls may end after the spans were read
 		t.Fatalf("spans of %d List calls, of %d made", len(inGateway), len(latencies))
 	}
-	p99 := func(d []time.Duration) time.Duration { return d[len(d)*99/100] }
 	if p := p99(inGateway); p > time.Second {
 		t.Errorf("List p99 in the gateway %v during the attack (%d calls), want under 1 s", p, len(inGateway))
 	}
@@ -246,6 +245,9 @@ func TestStalledStreamsAreCut(t *testing.T) {
 		t.Errorf("%d records before the cut and after the resume, want 20000", got)
 	}
 }
+
+// p99 is the 99th percentile of d, sorted.
+func p99(d []time.Duration) time.Duration { return d[len(d)*99/100] }
 
 // listTimesInTheGateway returns, sorted, the time each List call spent in
 // the gateway apart from its upstream attempts (its turn at the upstream
