@@ -77,12 +77,15 @@ type Pacer struct {
 	// queues are the waiting calls of each caller, oldest first; turns the
 	// callers with calls waiting, in turn order; next the caller whose
 	// turn it is; queued the calls waiting in all.
-	queues  map[string][]*waiter
-	turns   []string
-	next    int
-	queued  int
-	timerAt time.Time   // when the armed timer fires; zero: none armed
-	stop    func() bool // stops the armed timer
+	queues map[string][]*waiter
+	// listServed: whether the last call served of each caller with calls
+	// waiting was a List's ([WithInteractive]).
+	listServed map[string]bool
+	turns      []string
+	next       int
+	queued     int
+	timerAt    time.Time   // when the armed timer fires; zero: none armed
+	stop       func() bool // stops the armed timer
 
 	sends        [32]time.Time // the latest send times, a ring
 	nsends       int
@@ -105,9 +108,19 @@ type Pacer struct {
 
 // waiter is a waiting call; goAt is called once its slot comes.
 type waiter struct {
-	caller string
-	goAt   func(at time.Time)
+	caller      string
+	interactive bool // a List's call ([WithInteractive])
+	goAt        func(at time.Time)
 }
+
+// place is where a call joins its caller's queue.
+type place int
+
+const (
+	atBack        place = iota // a new call
+	atHead                     // a retry: it has had its turn
+	asInteractive              // a List's call: after the caller's other List calls, before its stream pages
+)
 
 // window counts what happened in one pacing window.
 type window struct {
@@ -267,7 +280,14 @@ func (p *Pacer) wait(ctx context.Context, retry bool) (time.Duration, error) {
 	start := p.clock.Now()
 	deadline, _ := ctx.Deadline()
 	slot := make(chan time.Time, 1)
-	w, ok := p.enqueueAt(callerFrom(ctx), deadline, retry, func(at time.Time) { slot <- at })
+	at := atBack
+	switch {
+	case retry:
+		at = atHead
+	case interactive(ctx):
+		at = asInteractive
+	}
+	w, ok := p.enqueueAt(callerFrom(ctx), deadline, at, func(at time.Time) { slot <- at })
 	if !ok {
 		return 0, ErrPacingDeadline
 	}
@@ -295,6 +315,25 @@ func WithCaller(ctx context.Context, caller string) context.Context {
 	return context.WithValue(ctx, callerKey{}, caller)
 }
 
+// interactiveKey marks an upstream call that a caller waits on as a
+// whole (a unary List), in its context.
+type interactiveKey struct{}
+
+// WithInteractive marks an upstream call as one a caller waits on as a
+// whole, a unary List: the [Pacer] queues it before its caller's stream
+// pages, so that a List is not held behind the backlog of its own
+// caller's streams, and the caller's turns alternate between its List
+// calls and its other calls, so that a caller listing back to back does
+// not starve its own streams. Other callers keep their turns.
+func WithInteractive(ctx context.Context) context.Context {
+	return context.WithValue(ctx, interactiveKey{}, true)
+}
+
+func interactive(ctx context.Context) bool {
+	i, _ := ctx.Value(interactiveKey{}).(bool)
+	return i
+}
+
 func callerFrom(ctx context.Context) string {
 	c, _ := ctx.Value(callerKey{}).(string)
 	return c
@@ -305,12 +344,11 @@ func callerFrom(ctx context.Context) string {
 // is false, and nothing is queued, when the slot would come after
 // deadline.
 func (p *Pacer) enqueue(caller string, deadline time.Time, goAt func(time.Time)) (_ *waiter, ok bool) {
-	return p.enqueueAt(caller, deadline, false, goAt)
+	return p.enqueueAt(caller, deadline, atBack, goAt)
 }
 
-// enqueueAt is enqueue, at the head of the caller's queue when first (a
-// retry).
-func (p *Pacer) enqueueAt(caller string, deadline time.Time, first bool, goAt func(time.Time)) (_ *waiter, ok bool) {
+// enqueueAt is enqueue, at place in the caller's queue.
+func (p *Pacer) enqueueAt(caller string, deadline time.Time, at place, goAt func(time.Time)) (_ *waiter, ok bool) {
 	p.mu.Lock()
 	now := p.clock.Now()
 	p.roll(now)
@@ -320,21 +358,33 @@ func (p *Pacer) enqueueAt(caller string, deadline time.Time, first bool, goAt fu
 		goAt(now)
 		return nil, true
 	}
-	if !deadline.IsZero() && p.estimate(now, p.ahead(caller)).After(deadline) {
+	ahead := p.ahead(caller)
+	if at != atBack {
+		ahead = p.aheadOfFirst(caller)
+	}
+	if !deadline.IsZero() && p.estimate(now, ahead).After(deadline) {
 		p.mu.Unlock()
 		return nil, false
 	}
-	w := &waiter{caller: caller, goAt: goAt}
+	w := &waiter{caller: caller, interactive: at == asInteractive, goAt: goAt}
 	if len(p.queues[caller]) == 0 {
 		p.turns = append(p.turns, caller)
 	}
 	if p.queues == nil {
 		p.queues = map[string][]*waiter{}
 	}
-	if first {
-		p.queues[caller] = slices.Insert(p.queues[caller], 0, w)
-	} else {
-		p.queues[caller] = append(p.queues[caller], w)
+	q := p.queues[caller]
+	switch at {
+	case atHead:
+		p.queues[caller] = slices.Insert(q, 0, w)
+	case asInteractive:
+		i := 0
+		for i < len(q) && q[i].interactive {
+			i++
+		}
+		p.queues[caller] = slices.Insert(q, i, w)
+	default:
+		p.queues[caller] = append(q, w)
 	}
 	p.queued++
 	p.arm(now)
@@ -350,6 +400,17 @@ func (p *Pacer) ahead(caller string) int {
 	n := 0
 	for _, q := range p.queues {
 		n += min(len(q), mine+1)
+	}
+	return n
+}
+
+// aheadOfFirst is how many calls would go before a call of caller at the
+// head of its queue: at most one of every other caller with calls
+// waiting, before the caller's next turn.
+func (p *Pacer) aheadOfFirst(caller string) int {
+	n := len(p.turns)
+	if len(p.queues[caller]) > 0 {
+		n--
 	}
 	return n
 }
@@ -374,6 +435,7 @@ func (p *Pacer) cancel(w *waiter) bool {
 // dropTurn takes caller, whose queue is empty, out of the turns.
 func (p *Pacer) dropTurn(caller string) {
 	delete(p.queues, caller)
+	delete(p.listServed, caller)
 	i := slices.Index(p.turns, caller)
 	p.turns = slices.Delete(p.turns, i, i+1)
 	if p.next > i {
@@ -384,12 +446,24 @@ func (p *Pacer) dropTurn(caller string) {
 	}
 }
 
-// pop takes the next waiting call, the callers taking turns.
+// pop takes the next waiting call, the callers taking turns. A caller
+// whose last call served was a List's serves its oldest other call
+// first, when it has one: its turns alternate between the two.
 func (p *Pacer) pop() *waiter {
 	caller := p.turns[p.next]
 	q := p.queues[caller]
-	w := q[0]
-	p.queues[caller] = q[1:]
+	i := 0
+	if q[0].interactive && p.listServed[caller] {
+		if j := slices.IndexFunc(q, func(w *waiter) bool { return !w.interactive }); j > 0 {
+			i = j
+		}
+	}
+	w := q[i]
+	if p.listServed == nil {
+		p.listServed = map[string]bool{}
+	}
+	p.listServed[caller] = w.interactive
+	p.queues[caller] = slices.Delete(q, i, i+1)
 	p.queued--
 	if len(q) == 1 {
 		p.dropTurn(caller)

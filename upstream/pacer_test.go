@@ -223,7 +223,7 @@ func (w *quotaWorld) sharedCaller(p *Pacer, g *sharedGCRA, latency, rtt, late ti
 				w.at(w.now.Add(rtt/2), func() {
 					switch {
 					case down && held: // a turn with the pacer alone first
-						p.enqueueAt("", time.Time{}, true, func(time.Time) { w.send(p, latency, call) })
+						p.enqueueAt("", time.Time{}, atHead, func(time.Time) { w.send(p, latency, call) })
 					case wait > 0:
 						p.noteWaited()
 						w.at(w.now.Add(wait+late), func() { ask(true) })
@@ -452,7 +452,7 @@ func TestPacerRetryKeepsItsCallersTurn(t *testing.T) {
 	if _, ok := p.enqueue("quiet", time.Time{}, func(time.Time) { order = append(order, "quiet") }); !ok {
 		t.Fatal("refused without a deadline")
 	}
-	if _, ok := p.enqueueAt("flood", time.Time{}, true, func(time.Time) { order = append(order, "flood-retry") }); !ok {
+	if _, ok := p.enqueueAt("flood", time.Time{}, atHead, func(time.Time) { order = append(order, "flood-retry") }); !ok {
 		t.Fatal("refused without a deadline")
 	}
 	w.run(time.Second)
@@ -461,5 +461,33 @@ func TestPacerRetryKeepsItsCallersTurn(t *testing.T) {
 	}
 	if i := slices.Index(order, "quiet"); i < 0 || i > 3 {
 		t.Errorf("the quiet caller's call went %dth (0: not within a second; first slots %q): a retry must not take the other callers' turns", i+1, order[:min(len(order), 6)])
+	}
+}
+
+// TestPacerServesListsBetweenTheirCallersStreamPages: a caller's List
+// calls go before its queued stream pages, but its turns alternate
+// between the two, so that listing back to back cannot starve its own
+// streams.
+func TestPacerServesListsBetweenTheirCallersStreamPages(t *testing.T) {
+	t.Parallel()
+	w := newQuotaWorld(1e9, 1e9)
+	p := newPacer(10, 1, w)
+	p.rate, p.tat = 10, w.now
+	var order []string
+	queue := func(name string, at place) {
+		if _, ok := p.enqueueAt("peer", time.Time{}, at, func(time.Time) { order = append(order, name) }); !ok {
+			t.Fatal("refused without a deadline")
+		}
+	}
+	for i := range 6 {
+		queue(fmt.Sprintf("page%d", i), atBack)
+	}
+	for i := range 3 {
+		queue(fmt.Sprintf("list%d", i), asInteractive)
+	}
+	w.run(time.Second)
+	want := []string{"page0", "list0", "page1", "list1", "page2", "list2", "page3", "page4", "page5"}
+	if !slices.Equal(order, want) {
+		t.Errorf("slots in the order %q, want %q: page0 went at once, then Lists and pages take turns", order, want)
 	}
 }
