@@ -358,11 +358,7 @@ func (p *Pacer) enqueueAt(caller string, deadline time.Time, at place, goAt func
 		goAt(now)
 		return nil, true
 	}
-	ahead := p.ahead(caller)
-	if at != atBack {
-		ahead = p.aheadOfFirst(caller)
-	}
-	if !deadline.IsZero() && p.estimate(now, ahead).After(deadline) {
+	if !deadline.IsZero() && p.estimate(now, p.ahead(caller, at)).After(deadline) {
 		p.mu.Unlock()
 		return nil, false
 	}
@@ -392,25 +388,32 @@ func (p *Pacer) enqueueAt(caller string, deadline time.Time, at place, goAt func
 	return w, true
 }
 
-// ahead is how many calls would go before a new call of caller: each
-// round of turns serves one call of every caller with calls waiting, so
-// it waits for its own calls, and for as many of every other caller's.
-func (p *Pacer) ahead(caller string) int {
-	mine := len(p.queues[caller])
-	n := 0
-	for _, q := range p.queues {
-		n += min(len(q), mine+1)
+// ahead is how many calls would go before a call of caller that joins
+// its queue at place at: each round of turns serves one call of every
+// caller with calls waiting, so it waits for the caller's calls ahead of
+// it, and for as many of every other caller's.
+func (p *Pacer) ahead(caller string, at place) int {
+	q := p.queues[caller]
+	mine := 0 // the caller's calls that go before it
+	switch at {
+	case atBack:
+		mine = len(q)
+	case asInteractive:
+		// Its List calls, each after one of its other calls while it has
+		// them: its turns alternate.
+		lists := 0
+		for _, w := range q {
+			if w.interactive {
+				lists++
+			}
+		}
+		mine = lists + min(lists, len(q)-lists)
 	}
-	return n
-}
-
-// aheadOfFirst is how many calls would go before a call of caller at the
-// head of its queue: at most one of every other caller with calls
-// waiting, before the caller's next turn.
-func (p *Pacer) aheadOfFirst(caller string) int {
-	n := len(p.turns)
-	if len(p.queues[caller]) > 0 {
-		n--
+	n := mine
+	for c, other := range p.queues {
+		if c != caller {
+			n += min(len(other), mine+1)
+		}
 	}
 	return n
 }
