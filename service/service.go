@@ -138,8 +138,9 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 		if err != nil {
 			return s.toConnectError(ctx, err)
 		}
+		block := recordBlocks.Get().(*recordBlock)
 		out := &imagerecordsv1.StreamImageModifiedRecordsResponse{
-			Records:     convertRecords(page.Records),
+			Records:     block.convert(page.Records),
 			ResumeToken: s.tokens.sealCursor(region, desktop, page.Resume), // "" when nothing follows
 			TotalCount:  int32(page.TotalCount),
 			RequestId:   page.RequestID,
@@ -147,7 +148,9 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 		// Counted now: no use of page after Send keeps its record slice
 		// alive while Send waits for the caller (out holds what it needs).
 		records := int64(len(page.Records))
-		if err := stream.Send(out); err != nil {
+		err := stream.Send(out)
+		block.release() // Send encoded out, and nothing keeps it
+		if err != nil {
 			if ctx.Err() != nil {
 				return s.toConnectError(ctx, ctx.Err())
 			}
