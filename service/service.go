@@ -145,9 +145,10 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 			TotalCount:  int32(page.TotalCount),
 			RequestId:   page.RequestID,
 		}
-		// Counted now: no use of page after Send keeps its record slice
-		// alive while Send waits for the caller (out holds what it needs).
+		// Counted now, and the page's record list given back: out holds
+		// what it needs (copies of the records' strings).
 		records := int64(len(page.Records))
+		page.Release()
 		err := stream.Send(out)
 		block.release() // Send encoded out, and nothing keeps it
 		if err != nil {

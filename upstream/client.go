@@ -61,6 +61,8 @@ type Page struct {
 	// Resume is set by [Pages] only: where a new sequence continues right
 	// after this page's Records; the zero Cursor when nothing follows.
 	Resume Cursor
+	// list is the pooled list Records is a part of, until [Page.Release].
+	list *[]Record
 }
 
 // A Cursor is a position in a desktop's records: the NextToken of an
