@@ -134,8 +134,15 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 	s.metrics.activeStreams.Add(ctx, 1)
 	defer s.metrics.activeStreams.Add(context.WithoutCancel(ctx), -1)
 	in := upstream.DescribeInput{RegionID: region, DesktopID: desktop, NextToken: pos.Token}
-	for page, err := range upstream.Pages(ctx, s.api, in, upstream.Skip(pos.Skip), upstream.Limit(limit), upstream.Prefetch()) {
+	// Page k is written by the sender while this goroutine fetches page
+	// k+1; page k+2 is asked for only once page k is written.
+	sender := newMessageSender(stream)
+	defer sender.wait() // no return leaves a write behind
+	for page, err := range upstream.Pages(ctx, s.api, in, upstream.Skip(pos.Skip), upstream.Limit(limit)) {
 		if err != nil {
+			if sendErr := sender.wait(); sendErr != nil { // the earlier failure stands
+				return s.sendFailed(ctx, sendErr)
+			}
 			return s.toConnectError(ctx, err)
 		}
 		block := recordBlocks.Get().(*recordBlock)
@@ -149,16 +156,20 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 		// what it needs (copies of the records' strings).
 		records := int64(len(page.Records))
 		page.Release()
-		err := stream.Send(out)
-		block.release() // Send encoded out, and nothing keeps it
-		if err != nil {
-			if ctx.Err() != nil {
-				return s.toConnectError(ctx, ctx.Err())
-			}
-			return err
+		if err := sender.wait(); err != nil {
+			block.release()
+			return s.sendFailed(ctx, err)
 		}
-		s.metrics.pages.Add(ctx, 1, methodStream)
-		s.metrics.records.Add(ctx, records, methodStream)
+		sender.start(out, func(err error) {
+			block.release() // Send encoded out, and nothing keeps it
+			if err == nil {
+				s.metrics.pages.Add(ctx, 1, methodStream)
+				s.metrics.records.Add(ctx, records, methodStream)
+			}
+		})
+	}
+	if err := sender.wait(); err != nil {
+		return s.sendFailed(ctx, err)
 	}
 	return nil
 }
