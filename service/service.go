@@ -145,6 +145,11 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 			}
 			return s.toConnectError(ctx, err)
 		}
+		// The message is built once the previous one is written: a stream
+		// holds one message's proto records at a time.
+		if err := sender.wait(); err != nil {
+			return s.sendFailed(ctx, err)
+		}
 		block := recordBlocks.Get().(*recordBlock)
 		out := &imagerecordsv1.StreamImageModifiedRecordsResponse{
 			Records:     block.convert(page.Records),
@@ -156,10 +161,6 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 		// what it needs (copies of the records' strings).
 		records := int64(len(page.Records))
 		page.Release()
-		if err := sender.wait(); err != nil {
-			block.release()
-			return s.sendFailed(ctx, err)
-		}
 		sender.start(out, func(err error) {
 			block.release() // Send encoded out, and nothing keeps it
 			if err == nil {
