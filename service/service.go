@@ -134,27 +134,43 @@ func (s *Service) StreamImageModifiedRecords(ctx context.Context, req *connect.R
 	s.metrics.activeStreams.Add(ctx, 1)
 	defer s.metrics.activeStreams.Add(context.WithoutCancel(ctx), -1)
 	in := upstream.DescribeInput{RegionID: region, DesktopID: desktop, NextToken: pos.Token}
-	for page, err := range upstream.Pages(ctx, s.api, in, upstream.Skip(pos.Skip), upstream.Limit(limit), upstream.Prefetch()) {
+	// Page k is written by the sender while this goroutine fetches page
+	// k+1; page k+2 is asked for only once page k is written.
+	sender := newMessageSender(stream)
+	defer sender.wait() // no return leaves a write behind
+	for page, err := range upstream.Pages(ctx, s.api, in, upstream.Skip(pos.Skip), upstream.Limit(limit)) {
 		if err != nil {
+			if sendErr := sender.wait(); sendErr != nil { // the earlier failure stands
+				return s.sendFailed(ctx, sendErr)
+			}
 			return s.toConnectError(ctx, err)
 		}
+		// The message is built once the previous one is written: a stream
+		// holds one message's proto records at a time.
+		if err := sender.wait(); err != nil {
+			return s.sendFailed(ctx, err)
+		}
+		block := recordBlocks.Get().(*recordBlock)
 		out := &imagerecordsv1.StreamImageModifiedRecordsResponse{
-			Records:     convertRecords(page.Records),
+			Records:     block.convert(page.Records),
 			ResumeToken: s.tokens.sealCursor(region, desktop, page.Resume), // "" when nothing follows
 			TotalCount:  int32(page.TotalCount),
 			RequestId:   page.RequestID,
 		}
-		// Counted now: no use of page after Send keeps its record slice
-		// alive while Send waits for the caller (out holds what it needs).
+		// Counted now, and the page's record list given back: out holds
+		// what it needs (copies of the records' strings).
 		records := int64(len(page.Records))
-		if err := stream.Send(out); err != nil {
-			if ctx.Err() != nil {
-				return s.toConnectError(ctx, ctx.Err())
+		page.Release()
+		sender.start(out, func(err error) {
+			block.release() // Send encoded out, and nothing keeps it
+			if err == nil {
+				s.metrics.pages.Add(ctx, 1, methodStream)
+				s.metrics.records.Add(ctx, records, methodStream)
 			}
-			return err
-		}
-		s.metrics.pages.Add(ctx, 1, methodStream)
-		s.metrics.records.Add(ctx, records, methodStream)
+		})
+	}
+	if err := sender.wait(); err != nil {
+		return s.sendFailed(ctx, err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf16"
@@ -104,6 +105,7 @@ func decodePage(body []byte) (*Page, error) {
 	// what they quote. A page in flight holds that block, not the body.
 	d := pageDecoder{s: unsafe.String(unsafe.SliceData(body), len(body)), validUTF8: utf8.Valid(body)}
 	var wp wirePage
+	defer wp.recycle() // what the page keeps is taken out first
 	if err := d.page(&wp); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedResponse, err)
 	}
@@ -146,8 +148,40 @@ func decodePage(body []byte) (*Page, error) {
 		NextToken:  wp.nextToken,
 		Records:    records,
 	}
+	if wp.n > 0 {
+		page.list, wp.recordList = wp.recordList, nil // the page's now
+	}
 	page.detach()
 	return page, nil
+}
+
+// Full pages' lists of records and of pending records come from pools:
+// at fan-in the two were a fifth of the bytes the gateway allocated per
+// page. A pending list goes back once its page is judged, a record list
+// with [Page.Release]. A pooled list has room for a full page and is zero
+// all through, spare capacity included, as the decoder requires.
+var (
+	recordLists  = sync.Pool{New: func() any { l := make([]Record, 0, MaxPageSize); return &l }}
+	pendingLists = sync.Pool{New: func() any { l := make([]pendingRecord, 0, MaxPageSize); return &l }}
+)
+
+// recycleList zeroes the list l came with from pool, and gives it back.
+func recycleList[T any](pool *sync.Pool, l *[]T) {
+	clear((*l)[:MaxPageSize])
+	pool.Put(l)
+}
+
+// Release gives the page's list of records back to be reused by a later
+// page. Calling it is optional (an unreleased list is garbage collected);
+// once it is called, the page's Records are gone and the caller must keep
+// no element of them, nor a pointer into them (copies of records and
+// their strings stay valid). A page whose records were all skipped, or
+// that never had any, has nothing to release.
+func (p *Page) Release() {
+	if p.list != nil {
+		recycleList(&recordLists, p.list)
+		p.list, p.Records = nil, nil
+	}
 }
 
 // detach copies every string of the page out of the body the page was
@@ -205,6 +239,23 @@ type wirePage struct {
 	records []Record
 	pending []pendingRecord
 	n       int
+	// recordList and pendingList are the pooled lists records and pending
+	// began as; nil when the body had no array, or once given away.
+	recordList  *[]Record
+	pendingList *[]pendingRecord
+}
+
+// recycle returns the pooled lists p still holds to their pools. (When
+// more records than a full page made the decoder move a list to a larger
+// array, the pooled one is no longer the list's and is free all the same.)
+func (p *wirePage) recycle() {
+	if p.recordList != nil {
+		recycleList(&recordLists, p.recordList)
+	}
+	if p.pendingList != nil {
+		recycleList(&pendingLists, p.pendingList)
+	}
+	p.recordList, p.pendingList = nil, nil
 }
 
 // pendingRecord is what the rules judge of a record: Status and UpdateTime
@@ -355,8 +406,8 @@ func (d *pageDecoder) records(p *wirePage) error {
 		return d.typeError("ImageModifiedRecords", "an array")
 	}
 	if p.records == nil { // room for a full page up front
-		p.records = make([]Record, 0, MaxPageSize)
-		p.pending = make([]pendingRecord, 0, MaxPageSize)
+		p.recordList, p.pendingList = recordLists.Get().(*[]Record), pendingLists.Get().(*[]pendingRecord)
+		p.records, p.pending = *p.recordList, *p.pendingList
 	}
 	n := 0
 	err := d.array(func() error {

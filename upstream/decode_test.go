@@ -82,3 +82,45 @@ func TestDecodePageKeepsNoPartOfTheBody(t *testing.T) {
 		t.Fatalf("the page changed with its body buffer: %s", diff)
 	}
 }
+
+// TestReleasedRecordsReachNoLaterPage: Release gives a page's record list
+// to the next pages decoded. A later page with fewer records and fields
+// must read as if its list were new (no Status, time or string of the
+// released page in it, also behind a null element or a shorter repeated
+// array), and copies taken of the released records must stay as they
+// were.
+func TestReleasedRecordsReachNoLaterPage(t *testing.T) {
+	t.Parallel()
+	var full strings.Builder
+	full.WriteString(`{"RequestId":"R-full","ImageModifiedRecords":[`)
+	for i := range upstream.MaxPageSize {
+		if i > 0 {
+			full.WriteString(",")
+		}
+		fmt.Fprintf(&full, `{"Status":%d,"UpdateTime":"2022-03-03T02:43:44.851Z","ImageId":"m-%d","ImageName":"镜像","NewImageId":"n","NewImageName":"é","Reason":"r"}`, i%3, i)
+	}
+	full.WriteString("]}")
+	later := []string{
+		`{"RequestId":"R","ImageModifiedRecords":[{"Status":1},null,{"Status":2,"Reason":""}]}`,
+		`{"RequestId":"R","ImageModifiedRecords":[{"Status":1},{"Status":1}],"ImageModifiedRecords":[{"ImageId":"x"}]}`,
+		`{"RequestId":"R","ImageModifiedRecords":[]}`,
+		`{"RequestId":"R","ImageModifiedRecords":[null]}`, // no Status: malformed, as encoding/json has it
+	}
+	for range 20 { // sync.Pool may drop a list now and then: give it many turns
+		page, err := upstream.DecodePage([]byte(full.String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept := page.Records[upstream.MaxPageSize-1]
+		page.Release()
+		if page.Records != nil {
+			t.Fatalf("a released page still has %d records", len(page.Records))
+		}
+		for _, body := range later {
+			checkMatchesEncodingJSON(t, []byte(body))
+		}
+		if kept.ImageID != "m-99" || kept.Reason != "r" || kept.UpdateTime.IsZero() || kept.Status != 0 {
+			t.Fatalf("a copy of a released record changed: %+v", kept)
+		}
+	}
+}

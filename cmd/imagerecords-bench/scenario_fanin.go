@@ -73,6 +73,15 @@ func fanInProcess(o options, st *stack, ids []string, log io.Writer) (fanInRun, 
 		clients[i] = imagerecordsv1connect.NewImageRecordsServiceClient(hc, url, connect.WithGRPC())
 	}
 	ctx := context.Background()
+	// One call per client first: calls a client starts before its HTTP/2
+	// connection is up may each dial one of their own, and on a loaded
+	// machine 1,000 at once passed --max-connections-per-peer (256) and
+	// were refused ("max_connections_per_peer" in the gateway's log).
+	for i, c := range clients {
+		if _, err := gatewayList(ctx, c, ids[i%len(ids)], upstream.MaxPageSize); err != nil {
+			return r, fmt.Errorf("the first call of client %d of the gateway process failed: %w; its log:\n%s", i, err, p.logs())
+		}
+	}
 	fmt.Fprintf(log, "scenario 5: gateway process: warming connection pools with %d concurrent calls ...\n", len(ids))
 	var wg sync.WaitGroup
 	var warmErrs atomic.Int64
