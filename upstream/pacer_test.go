@@ -403,34 +403,60 @@ func TestPacerStaysLowWhenNothingGetsThrough(t *testing.T) {
 	}
 }
 
+// turns is a pacer at 10 calls/s, burst 1, past its slow start, on a
+// clock without a quota, and the order in which queued calls got their
+// slots.
+type turns struct {
+	w     *quotaWorld
+	p     *Pacer
+	order []string
+}
+
+func newTurns() *turns {
+	w := newQuotaWorld(1e9, 1e9)
+	p := newPacer(10, 1, w)
+	p.rate, p.tat = 10, w.now
+	return &turns{w: w, p: p}
+}
+
+// queue queues a call of caller at place at, named name in the order; it
+// fails t when the call is refused for its deadline.
+func (tr *turns) queue(t *testing.T, caller, name string, at place) {
+	t.Helper()
+	if _, ok := tr.p.enqueueAt(caller, time.Time{}, at, func(time.Time) { tr.order = append(tr.order, name) }); !ok {
+		t.Fatal("refused without a deadline")
+	}
+}
+
+// flood queues n calls of caller, named caller-0 onwards.
+func (tr *turns) flood(t *testing.T, caller string, n int) {
+	t.Helper()
+	for i := range n {
+		tr.queue(t, caller, fmt.Sprintf("%s-%d", caller, i), atBack)
+	}
+}
+
 // TestPacerTakesCallersInTurns: a caller with a hundred calls waiting does
 // not keep another caller's call waiting behind them, and a deadline is
 // judged by the calls really ahead.
 func TestPacerTakesCallersInTurns(t *testing.T) {
 	t.Parallel()
-	w := newQuotaWorld(1e9, 1e9)
-	p := newPacer(10, 1, w)
-	p.rate, p.tat = 10, w.now
-	var order []string
-	for i := range 100 {
-		if _, ok := p.enqueue("flood", time.Time{}, func(time.Time) { order = append(order, fmt.Sprintf("flood-%d", i)) }); !ok {
-			t.Fatal("refused without a deadline")
-		}
-	}
+	tr := newTurns()
+	tr.flood(t, "flood", 100)
 	quiet := time.Time{}
 	// Two slots away (the flood's first call went at once, its second is
 	// next in turn): it fits a deadline of 250 ms at 10 calls/s.
-	if _, ok := p.enqueue("quiet", w.now.Add(250*time.Millisecond), func(at time.Time) {
-		order = append(order, "quiet")
+	if _, ok := tr.p.enqueue("quiet", tr.w.now.Add(250*time.Millisecond), func(at time.Time) {
+		tr.order = append(tr.order, "quiet")
 		quiet = at
 	}); !ok {
 		t.Fatal("the quiet caller's call was refused for a deadline its turn meets")
 	}
-	w.run(time.Second)
-	if i := slices.Index(order, "quiet"); i < 0 || i > 2 || quiet.Sub(w.start) > 200*time.Millisecond {
-		t.Errorf("the quiet caller's call went %dth, after %v (%q): want within two slots, not behind the flood", i+1, quiet.Sub(w.start), order[:min(len(order), 5)])
+	tr.w.run(time.Second)
+	if i := slices.Index(tr.order, "quiet"); i < 0 || i > 2 || quiet.Sub(tr.w.start) > 200*time.Millisecond {
+		t.Errorf("the quiet caller's call went %dth, after %v (%q): want within two slots, not behind the flood", i+1, quiet.Sub(tr.w.start), tr.order[:min(len(tr.order), 5)])
 	}
-	if _, ok := p.enqueue("flood", w.now.Add(time.Second), func(time.Time) {}); ok {
+	if _, ok := tr.p.enqueue("flood", tr.w.now.Add(time.Second), func(time.Time) {}); ok {
 		t.Error("a flood call behind ~90 of its own at 10/s was accepted with 1 s left")
 	}
 }
@@ -440,27 +466,16 @@ func TestPacerTakesCallersInTurns(t *testing.T) {
 // hundred other calls, while another caller still gets its turn.
 func TestPacerRetryKeepsItsCallersTurn(t *testing.T) {
 	t.Parallel()
-	w := newQuotaWorld(1e9, 1e9)
-	p := newPacer(10, 1, w)
-	p.rate, p.tat = 10, w.now
-	var order []string
-	for i := range 100 {
-		if _, ok := p.enqueue("flood", time.Time{}, func(time.Time) { order = append(order, fmt.Sprintf("flood-%d", i)) }); !ok {
-			t.Fatal("refused without a deadline")
-		}
+	tr := newTurns()
+	tr.flood(t, "flood", 100)
+	tr.queue(t, "quiet", "quiet", atBack)
+	tr.queue(t, "flood", "flood-retry", atHead)
+	tr.w.run(time.Second)
+	if i := slices.Index(tr.order, "flood-retry"); i < 0 || i > 3 {
+		t.Errorf("the flood's retry went %dth (0: not within a second; first slots %q): want within its caller's next turn, not behind its 99 other calls", i+1, tr.order[:min(len(tr.order), 6)])
 	}
-	if _, ok := p.enqueue("quiet", time.Time{}, func(time.Time) { order = append(order, "quiet") }); !ok {
-		t.Fatal("refused without a deadline")
-	}
-	if _, ok := p.enqueueAt("flood", time.Time{}, atHead, func(time.Time) { order = append(order, "flood-retry") }); !ok {
-		t.Fatal("refused without a deadline")
-	}
-	w.run(time.Second)
-	if i := slices.Index(order, "flood-retry"); i < 0 || i > 3 {
-		t.Errorf("the flood's retry went %dth (0: not within a second; first slots %q): want within its caller's next turn, not behind its 99 other calls", i+1, order[:min(len(order), 6)])
-	}
-	if i := slices.Index(order, "quiet"); i < 0 || i > 3 {
-		t.Errorf("the quiet caller's call went %dth (0: not within a second; first slots %q): a retry must not take the other callers' turns", i+1, order[:min(len(order), 6)])
+	if i := slices.Index(tr.order, "quiet"); i < 0 || i > 3 {
+		t.Errorf("the quiet caller's call went %dth (0: not within a second; first slots %q): a retry must not take the other callers' turns", i+1, tr.order[:min(len(tr.order), 6)])
 	}
 }
 
@@ -470,24 +485,14 @@ func TestPacerRetryKeepsItsCallersTurn(t *testing.T) {
 // streams.
 func TestPacerServesListsBetweenTheirCallersStreamPages(t *testing.T) {
 	t.Parallel()
-	w := newQuotaWorld(1e9, 1e9)
-	p := newPacer(10, 1, w)
-	p.rate, p.tat = 10, w.now
-	var order []string
-	queue := func(name string, at place) {
-		if _, ok := p.enqueueAt("peer", time.Time{}, at, func(time.Time) { order = append(order, name) }); !ok {
-			t.Fatal("refused without a deadline")
-		}
-	}
-	for i := range 6 {
-		queue(fmt.Sprintf("page%d", i), atBack)
-	}
+	tr := newTurns()
+	tr.flood(t, "page", 6)
 	for i := range 3 {
-		queue(fmt.Sprintf("list%d", i), asInteractive)
+		tr.queue(t, "page", fmt.Sprintf("list%d", i), asInteractive)
 	}
-	w.run(time.Second)
-	want := []string{"page0", "list0", "page1", "list1", "page2", "list2", "page3", "page4", "page5"}
-	if !slices.Equal(order, want) {
-		t.Errorf("slots in the order %q, want %q: page0 went at once, then Lists and pages take turns", order, want)
+	tr.w.run(time.Second)
+	want := []string{"page-0", "list0", "page-1", "list1", "page-2", "list2", "page-3", "page-4", "page-5"}
+	if !slices.Equal(tr.order, want) {
+		t.Errorf("slots in the order %q, want %q: page-0 went at once, then Lists and pages take turns", tr.order, want)
 	}
 }
