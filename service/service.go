@@ -97,7 +97,8 @@ func (s *Service) ListImageModifiedRecords(ctx context.Context, req *connect.Req
 	}
 	annotate(ctx, region, desktop)
 	in := upstream.DescribeInput{RegionID: region, DesktopID: desktop, NextToken: pos.Token}
-	for page, err := range upstream.Pages(ctx, s.api, in,
+	// A List's page goes before its own caller's queued stream pages.
+	for page, err := range upstream.Pages(upstream.WithInteractive(ctx), s.api, in,
 		upstream.PageSize(pageSize+pos.Skip), upstream.Skip(pos.Skip), upstream.Limit(pageSize)) {
 		if err != nil {
 			return nil, s.toConnectError(ctx, err)

@@ -151,6 +151,22 @@ func (w *quotaWorld) newPacer(ceiling float64, burst int) *Pacer {
 	return p
 }
 
+// holds fails t unless the calls counted over seconds got through at
+// within [lo, hi] × quota calls/s with at most maxThrottled of them
+// throttled; it logs the figures, as what.
+func (w *quotaWorld) holds(t *testing.T, what string, seconds, quota, lo, hi, maxThrottled float64) {
+	t.Helper()
+	rate := float64(w.success) / seconds
+	throttled := float64(w.throttled) / float64(w.calls)
+	t.Logf("%s: %.1f calls/s got through (quota %.0f), %.1f%% of %d calls throttled", what, rate, quota, 100*throttled, w.calls)
+	if rate < lo*quota || rate > hi*quota {
+		t.Errorf("%s: %.1f calls/s got through, want within [%.0f, %.0f]", what, rate, lo*quota, hi*quota)
+	}
+	if throttled > maxThrottled {
+		t.Errorf("%s: %.1f%% of calls throttled, want at most %.0f%%", what, 100*throttled, 100*maxThrottled)
+	}
+}
+
 // TestPacersConvergeOnTheQuota: N replicas at the default ceiling (100/s,
 // burst 20) that know nothing of each other share a quota of 50 calls/s
 // (burst 10) with 10 ms calls; together they settle within 0.8..1.1 of the
@@ -173,16 +189,7 @@ func TestPacersConvergeOnTheQuota(t *testing.T) {
 			}
 			const d = 65 * time.Second
 			w.run(d)
-			seconds := (d - w.warmUp).Seconds()
-			rate := float64(w.success) / seconds
-			throttled := float64(w.throttled) / float64(w.calls)
-			t.Logf("%d replicas: %.1f calls/s got through (quota %d), %.1f%% of %d calls throttled", replicas, rate, quota, 100*throttled, w.calls)
-			if rate < 0.8*quota || rate > 1.1*quota {
-				t.Errorf("combined rate %.1f calls/s, want within [%.0f, %.0f]", rate, 0.8*quota, 1.1*quota)
-			}
-			if throttled > 0.10 {
-				t.Errorf("%.1f%% of calls throttled, want at most 10%%", 100*throttled)
-			}
+			w.holds(t, fmt.Sprintf("%d replicas", replicas), (d - w.warmUp).Seconds(), quota, 0.8, 1.1, 0.10)
 		})
 	}
 }
@@ -238,6 +245,19 @@ func (w *quotaWorld) sharedCaller(p *Pacer, g *sharedGCRA, latency, rtt, late ti
 	w.at(w.now, call)
 }
 
+// sharedReplicas starts n replicas at the default ceiling on the budget
+// g, each with ten callers: 10 ms calls, a round trip of 500 µs to the
+// budget, waits that wake up 1 ms late.
+func (w *quotaWorld) sharedReplicas(n int, g *sharedGCRA) {
+	for range n {
+		p := w.newPacer(100, 20)
+		p.setShared()
+		for range 10 {
+			w.sharedCaller(p, g, 10*time.Millisecond, 500*time.Microsecond, time.Millisecond)
+		}
+	}
+}
+
 // TestSharedPacersConvergeOnTheQuota: replicas at the default ceiling
 // that share one budget (--quota-redis) live within the quota from their
 // first call on, with at most 3% of the calls throttled, although each
@@ -249,25 +269,10 @@ func TestSharedPacersConvergeOnTheQuota(t *testing.T) {
 			t.Parallel()
 			const quota = 50
 			w := newQuotaWorld(quota, 10)
-			g := &sharedGCRA{}
-			for range replicas {
-				p := w.newPacer(100, 20)
-				p.setShared()
-				for range 10 {
-					w.sharedCaller(p, g, 10*time.Millisecond, 500*time.Microsecond, time.Millisecond)
-				}
-			}
+			w.sharedReplicas(replicas, &sharedGCRA{})
 			const d = 12 * time.Second // the quota scenario's floor, no warm-up
 			w.run(d)
-			rate := float64(w.success) / d.Seconds()
-			throttled := float64(w.throttled) / float64(w.calls)
-			t.Logf("%d replicas, one budget: %.1f calls/s got through (quota %d), %.1f%% of %d calls throttled", replicas, rate, quota, 100*throttled, w.calls)
-			if rate < 0.9*quota || rate > 1.1*quota {
-				t.Errorf("combined rate %.1f calls/s, want within [%.0f, %.0f]", rate, 0.9*quota, 1.1*quota)
-			}
-			if throttled > 0.03 {
-				t.Errorf("%.1f%% of calls throttled, want at most 3%%", 100*throttled)
-			}
+			w.holds(t, fmt.Sprintf("%d replicas, one budget", replicas), d.Seconds(), quota, 0.9, 1.1, 0.03)
 		})
 	}
 }
@@ -277,20 +282,14 @@ func TestSharedPacersConvergeOnTheQuota(t *testing.T) {
 // deployment's rate, not at the whole of it, so the quota is not hit
 // three times over: in the 5 s after the loss, at most 10% of the calls
 // are throttled and 0.8× the quota still gets through (47% throttled
-// when each went on at the deployment's rate). When the budget
-// is back, the pacers go back to the deployment's rate.
+// when each went on at the deployment's rate). When the budget is back,
+// the pacers go back to the deployment's rate.
 func TestPacersPaceAloneWhenTheSharedBudgetIsLost(t *testing.T) {
 	t.Parallel()
 	const quota = 50
 	w := newQuotaWorld(quota, 10)
 	g := &sharedGCRA{}
-	for range 3 {
-		p := w.newPacer(100, 20)
-		p.setShared()
-		for range 10 {
-			w.sharedCaller(p, g, 10*time.Millisecond, 500*time.Microsecond, time.Millisecond)
-		}
-	}
+	w.sharedReplicas(3, g)
 	w.run(6 * time.Second)
 	deployment := w.pacers[0].Rate()
 	g.down = true
@@ -299,12 +298,7 @@ func TestPacersPaceAloneWhenTheSharedBudgetIsLost(t *testing.T) {
 	}
 	w.calls, w.success, w.throttled = 0, 0, 0 // count from the loss on
 	w.run(5 * time.Second)
-	rate := float64(w.success) / 5
-	throttled := float64(w.throttled) / float64(w.calls)
-	t.Logf("budget lost at a deployment rate of %.1f/s: %.1f calls/s got through (quota %d), %.1f%% of %d calls throttled", deployment, rate, quota, 100*throttled, w.calls)
-	if throttled > 0.10 || rate < 0.8*quota {
-		t.Errorf("after the budget was lost: %.1f%% throttled and %.1f calls/s through, want at most 10%% and at least %.0f/s", 100*throttled, rate, 0.8*quota)
-	}
+	w.holds(t, fmt.Sprintf("budget lost at a deployment rate of %.1f/s", deployment), 5, quota, 0.8, 1.1, 0.10)
 	g.down = false
 	for _, p := range w.pacers {
 		p.rejoinShared()
@@ -354,12 +348,7 @@ func TestPacerWithoutCeilingLearnsTheQuota(t *testing.T) {
 		w.caller(p, 10*time.Millisecond)
 	}
 	w.run(35 * time.Second)
-	rate := float64(w.success) / 30
-	throttled := float64(w.throttled) / float64(w.calls)
-	t.Logf("no ceiling: %.1f calls/s got through, %.1f%% throttled", rate, 100*throttled)
-	if rate < 0.8*quota || throttled > 0.10 {
-		t.Errorf("no ceiling: %.1f calls/s and %.1f%% throttled, want ≥ %.0f/s and ≤ 10%%", rate, 100*throttled, 0.8*quota)
-	}
+	w.holds(t, "no ceiling", 30, quota, 0.8, 1.1, 0.10)
 }
 
 // TestPacerSpacesCallsFairly: callers go in arrival order at the rate,

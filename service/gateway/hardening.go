@@ -98,11 +98,7 @@ func (h *hardening) upstream(api upstream.API) upstream.API { return peerCalls{a
 type peerCalls struct{ api upstream.API }
 
 func (p peerCalls) DescribeImageModifiedRecords(ctx context.Context, in upstream.DescribeInput) (*upstream.Page, error) {
-	ctx = upstream.WithCaller(ctx, callerFrom(ctx).peer)
-	if info, ok := connect.CallInfoForHandlerContext(ctx); ok && info.Spec().StreamType == connect.StreamTypeUnary {
-		ctx = upstream.WithInteractive(ctx) // a List goes before its own peer's stream pages
-	}
-	return p.api.DescribeImageModifiedRecords(ctx, in)
+	return p.api.DescribeImageModifiedRecords(upstream.WithCaller(ctx, callerFrom(ctx).peer), in)
 }
 
 // serviceOptions are the service's options of the hardening: its token keys.

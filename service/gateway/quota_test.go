@@ -324,22 +324,7 @@ func TestListIsPromptWhileStreamsSaturateTheQuota(t *testing.T) {
 	var listing sync.WaitGroup
 	for _, l := range listers {
 		listing.Go(func() {
-			c := clientFrom(h, l.peer, 0)
-			for {
-				select {
-				case <-done:
-					return
-				case <-ctx.Done():
-					return
-				default:
-				}
-				start := time.Now()
-				_, err := c.ListImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktops[0].ID}))
-				l.latencies = append(l.latencies, time.Since(start))
-				if err != nil {
-					l.failures = append(l.failures, err)
-				}
-			}
+			l.latencies, l.failures = listUntil(ctx, clientFrom(h, l.peer, 0), desktops[0].ID, done)
 		})
 	}
 	listing.Wait()

@@ -112,24 +112,10 @@ func TestStalledStreamsAreCut(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
-			c := clientFrom(h, "127.0.0.1", 0)
-			for {
-				select {
-				case <-allEnded:
-					return
-				case <-ctx.Done():
-					return
-				default:
-				}
-				start := time.Now()
-				_, err := c.ListImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: smallDesktop}))
-				mu.Lock()
-				latencies = append(latencies, time.Since(start))
-				if err != nil {
-					failures = append(failures, err)
-				}
-				mu.Unlock()
-			}
+			l, f := listUntil(ctx, clientFrom(h, "127.0.0.1", 0), smallDesktop, allEnded)
+			mu.Lock()
+			latencies, failures = append(latencies, l...), append(failures, f...)
+			mu.Unlock()
 		})
 	}
 	// The attack: all at once (opening a stream returns once its first
@@ -243,6 +229,27 @@ func TestStalledStreamsAreCut(t *testing.T) {
 	h.CheckRecords(t, resumeDesktop, len(records), gatewaytest.RecordsOf(rest))
 	if got := len(records) + len(gatewaytest.RecordsOf(rest)); got != 20_000 {
 		t.Errorf("%d records before the cut and after the resume, want 20000", got)
+	}
+}
+
+// listUntil lists desktop's first page through c back to back until done
+// is closed or ctx ends, and returns each call's wall time at the client
+// and the calls' errors.
+func listUntil(ctx context.Context, c imagerecordsv1connect.ImageRecordsServiceClient, desktop string, done <-chan struct{}) (latencies []time.Duration, failures []error) {
+	for {
+		select {
+		case <-done:
+			return latencies, failures
+		case <-ctx.Done():
+			return latencies, failures
+		default:
+		}
+		start := time.Now()
+		_, err := c.ListImageModifiedRecords(ctx, connect.NewRequest(&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: desktop}))
+		latencies = append(latencies, time.Since(start))
+		if err != nil {
+			failures = append(failures, err)
+		}
 	}
 }
 
