@@ -2,9 +2,11 @@ package upstream
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
+	"math/bits"
 	"net/http"
 	"strconv"
 	"strings"
@@ -103,7 +105,7 @@ func decodePage(body []byte) (*Page, error) {
 	// copied out of it by detach, into one block of just those strings
 	// (half the body: no keys, no punctuation, no times), and errors copy
 	// what they quote. A page in flight holds that block, not the body.
-	d := pageDecoder{s: unsafe.String(unsafe.SliceData(body), len(body)), validUTF8: utf8.Valid(body)}
+	d := pageDecoder{s: unsafe.String(unsafe.SliceData(body), len(body)), b: body}
 	var wp wirePage
 	defer wp.recycle() // what the page keeps is taken out first
 	if err := d.page(&wp); err != nil {
@@ -351,9 +353,9 @@ const maxNestingDepth = 10000
 // field fails at once, as it fails encoding/json's Unmarshal however the
 // rest of the body reads.
 type pageDecoder struct {
-	s         string // the body
-	i         int    // the offset of the next byte to read
-	validUTF8 bool   // whether all of s is valid UTF-8 (the usual case)
+	s string // the body
+	b []byte // the body, for reading it a word at a time
+	i int    // the offset of the next byte to read
 }
 
 // page reads the body: one object and nothing after it but whitespace.
@@ -600,15 +602,31 @@ func (d *pageDecoder) list(end byte, item func() error) error {
 // is decoded by unescape.
 func (d *pageDecoder) str() (string, error) {
 	start := d.i + 1 // after the quote
-	// Up to the first quote, backslash or control character: the closing
-	// quote in the usual case.
-	s, i := d.s, start
-	for i < len(s) && plainByte[s[i]] {
-		i++
+	// Up to the first quote, backslash or control character (the closing
+	// quote in the usual case), eight bytes at a time, noting whether any
+	// byte on the way is not ASCII. Only strings need the UTF-8 check: a
+	// byte of 0x80 or more anywhere else is a syntax error.
+	s, b, i := d.s, d.b, start
+	var high uint64 // the high bits of the bytes read
+	for ; i+8 <= len(b); i += 8 {
+		w := binary.LittleEndian.Uint64(b[i:])
+		if m := stringStops(w); m != 0 {
+			n := bits.TrailingZeros64(m) / 8
+			high |= w & (1<<(8*n) - 1)
+			i += n
+			break
+		}
+		high |= w
+	}
+	if i+8 > len(b) { // the last bytes of the body, one at a time
+		for i < len(s) && plainByte[s[i]] {
+			high |= uint64(s[i])
+			i++
+		}
 	}
 	if i < len(s) && s[i] == '"' {
 		d.i = i + 1
-		if text := s[start:i]; d.validUTF8 || utf8.ValidString(text) {
+		if text := s[start:i]; high&highBits == 0 || utf8.ValidString(text) {
 			return text, nil
 		}
 		return unescape(s[start:i]), nil
@@ -642,6 +660,22 @@ func (d *pageDecoder) str() (string, error) {
 	}
 	d.i = len(d.s)
 	return "", d.syntaxError("unterminated string")
+}
+
+// highBits are the high bits of the eight bytes of a word.
+const highBits = 0x8080808080808080
+
+// stringStops returns w, eight bytes of a string read little-endian, with
+// the high bit set in the first byte that ends a plain run of the string:
+// a quote, a backslash or a control character (the bits above it may be
+// set or not, so only the lowest set bit counts). Bytes of 0x80 and more
+// never stop it. It is 0 when all eight bytes are plain.
+func stringStops(w uint64) uint64 {
+	const ones = 0x0101010101010101
+	quote, backslash := w^(ones*'"'), w^(ones*'\\')
+	// A byte below b minus b borrows into its high bit; the borrow
+	// may spill into the bytes above, which the lowest bit ignores.
+	return ((w - ones*' ') | (quote - ones) | (backslash - ones)) &^ w & highBits
 }
 
 // plainByte tells the bytes that stand for themselves in a JSON string:
