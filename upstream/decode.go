@@ -276,7 +276,10 @@ const (
 	keyImageModifiedRecords
 )
 
-var pageKeys = []string{"RequestId", "TotalCount", "NextToken", "ImageModifiedRecords"}
+var (
+	pageKeys       = []string{"RequestId", "TotalCount", "NextToken", "ImageModifiedRecords"}
+	quotedPageKeys = quoteKeys(pageKeys)
+)
 
 const (
 	keyStatus = iota
@@ -288,7 +291,19 @@ const (
 	keyReason
 )
 
-var recordKeys = []string{"Status", "UpdateTime", "ImageId", "ImageName", "NewImageId", "NewImageName", "Reason"}
+var (
+	recordKeys       = []string{"Status", "UpdateTime", "ImageId", "ImageName", "NewImageId", "NewImageName", "Reason"}
+	quotedRecordKeys = quoteKeys(recordKeys)
+)
+
+// quoteKeys returns each of keys as its JSON text followed by a colon.
+func quoteKeys(keys []string) []string {
+	quoted := make([]string, len(keys))
+	for i, k := range keys {
+		quoted[i] = `"` + k + `":`
+	}
+	return quoted
+}
 
 // matchKey returns the index in keys of the field a JSON key names, or -1
 // for a key this client does not know. A key names a field when the two
@@ -364,8 +379,8 @@ func (d *pageDecoder) page(p *wirePage) error {
 	if d.peek() != '{' {
 		return fmt.Errorf("body is not a JSON object: %q", truncate([]byte(d.s[d.i:min(len(d.s), d.i+41)]), 40))
 	}
-	err := d.object(func(key string) error {
-		switch matchKey(key, pageKeys) {
+	err := d.object(pageKeys, quotedPageKeys, func(field int) error {
+		switch field {
 		case keyRequestID:
 			return d.stringField(&p.requestID, "RequestId")
 		case keyTotalCount:
@@ -411,23 +426,30 @@ func (d *pageDecoder) records(p *wirePage) error {
 		p.recordList, p.pendingList = recordLists.Get().(*[]Record), pendingLists.Get().(*[]pendingRecord)
 		p.records, p.pending = *p.recordList, *p.pendingList
 	}
+	// The loop of list, written out: a record costs no call through a
+	// func value.
 	n := 0
-	err := d.array(func() error {
+	for more := d.open(']'); more; {
 		if n == len(p.records) {
 			p.records, p.pending = extend(p.records), extend(p.pending)
 		}
 		r, x := &p.records[n], &p.pending[n]
 		n++
+		var err error
 		switch d.peek() {
 		case 'n': // null leaves the element as it is
-			return d.literal("null")
+			err = d.literal("null")
 		case '{':
-			return d.record(r, x)
+			err = d.record(r, x)
+		default:
+			err = d.typeError(fmt.Sprintf("record %d", n-1), "an object")
 		}
-		return d.typeError(fmt.Sprintf("record %d", n-1), "an object")
-	})
-	if err != nil {
-		return err
+		if err != nil {
+			return err
+		}
+		if more, err = d.next(']'); err != nil {
+			return err
+		}
 	}
 	if n == 0 {
 		p.empty()
@@ -456,27 +478,99 @@ func extend[T any](s []T) []T {
 
 // record reads one element of ImageModifiedRecords into r and x.
 func (d *pageDecoder) record(r *Record, x *pendingRecord) error {
-	return d.object(func(key string) error {
-		switch matchKey(key, recordKeys) {
-		case keyStatus:
-			var err error
-			x.hasStatus, err = d.integerField(&x.status, "Status")
+	// The loop of object, written out: a field costs no call through a
+	// func value, and the key the upstream sends next, in the order it
+	// always sends them, is tried first.
+	guess := 0
+	for more := d.open('}'); more; {
+		k, err := d.key(recordKeys, quotedRecordKeys, guess)
+		if err != nil {
 			return err
-		case keyUpdateTime:
-			return d.stringField(&x.updateTime, "UpdateTime")
-		case keyImageID:
-			return d.stringField(&r.ImageID, "ImageId")
-		case keyImageName:
-			return d.stringField(&r.ImageName, "ImageName")
-		case keyNewImageID:
-			return d.stringField(&r.NewImageID, "NewImageId")
-		case keyNewImageName:
-			return d.stringField(&r.NewImageName, "NewImageName")
-		case keyReason:
-			return d.stringField(&r.Reason, "Reason")
 		}
-		return d.skip(4)
-	})
+		switch k {
+		case keyStatus:
+			x.hasStatus, err = d.integerField(&x.status, "Status")
+		case keyUpdateTime:
+			err = d.stringField(&x.updateTime, "UpdateTime")
+		case keyImageID:
+			err = d.stringField(&r.ImageID, "ImageId")
+		case keyImageName:
+			err = d.stringField(&r.ImageName, "ImageName")
+		case keyNewImageID:
+			err = d.stringField(&r.NewImageID, "NewImageId")
+		case keyNewImageName:
+			err = d.stringField(&r.NewImageName, "NewImageName")
+		case keyReason:
+			err = d.stringField(&r.Reason, "Reason")
+		default:
+			err = d.skip(4)
+		}
+		if err != nil {
+			return err
+		}
+		guess = k + 1
+		if more, err = d.next('}'); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// key reads a key of an object and the colon after it, and returns the
+// index in keys of the field it names (see matchKey), or -1. quoted holds
+// each of keys quoted and followed by a colon; guess is the index of the
+// key that most likely comes, which is tried as it stands first: a key
+// that is exactly that text can only be that field.
+func (d *pageDecoder) key(keys, quoted []string, guess int) (int, error) {
+	if guess >= 0 && guess < len(quoted) && strings.HasPrefix(d.s[d.i:], quoted[guess]) {
+		d.i += len(quoted[guess])
+		d.space()
+		return guess, nil
+	}
+	if d.peek() != '"' {
+		return 0, d.syntaxError("want a key")
+	}
+	key, err := d.str()
+	if err != nil {
+		return 0, err
+	}
+	d.space()
+	if d.peek() != ':' {
+		return 0, d.syntaxError("want a colon")
+	}
+	d.i++
+	d.space()
+	return matchKey(key, keys), nil
+}
+
+// open reads the opening byte of an object or array and the whitespace
+// after it, and reports whether an item follows: if not, it has read the
+// closing byte end too.
+func (d *pageDecoder) open(end byte) (more bool) {
+	d.i++ // { or [
+	d.space()
+	if d.peek() == end {
+		d.i++
+		return false
+	}
+	return true
+}
+
+// next reads what follows an item of an object or array, up to the next
+// item, and reports whether there is one: a comma and whitespace (true),
+// or the closing byte end (false).
+func (d *pageDecoder) next(end byte) (more bool, err error) {
+	d.space()
+	switch d.peek() {
+	case ',':
+		d.i++
+		d.space()
+		return true, nil
+	case end:
+		d.i++
+		return false, nil
+	}
+	return false, d.syntaxError("want a comma or " + string(end))
 }
 
 // stringField reads a string into dst. null leaves dst as it is.
@@ -526,7 +620,7 @@ func (d *pageDecoder) skip(depth int) error {
 		if c == '[' {
 			return d.array(func() error { return d.skip(depth + 1) })
 		}
-		return d.object(func(string) error { return d.skip(depth + 1) })
+		return d.object(nil, nil, func(int) error { return d.skip(depth + 1) })
 	case c == '"':
 		_, err := d.str()
 		return err
@@ -543,25 +637,26 @@ func (d *pageDecoder) skip(depth int) error {
 	return d.syntaxError("want a value")
 }
 
-// object reads an object, calling member with each key (decoded) when the
-// offset is at the key's value; member must read the value.
-func (d *pageDecoder) object(member func(key string) error) error {
-	return d.list('}', func() error {
-		if d.peek() != '"' {
-			return d.syntaxError("want a key")
-		}
-		key, err := d.str()
+// object reads an object, calling member with each key's field (its
+// index in keys, or -1: see key) when the offset is at the key's value;
+// member must read the value. quoted holds each of keys quoted and
+// followed by a colon.
+func (d *pageDecoder) object(keys, quoted []string, member func(field int) error) error {
+	guess := 0 // the key after the last one, in the order of keys
+	for more := d.open('}'); more; {
+		field, err := d.key(keys, quoted, guess)
 		if err != nil {
 			return err
 		}
-		d.space()
-		if d.peek() != ':' {
-			return d.syntaxError("want a colon")
+		if err := member(field); err != nil {
+			return err
 		}
-		d.i++
-		d.space()
-		return member(key)
-	})
+		guess = field + 1
+		if more, err = d.next('}'); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // array reads an array, calling element when the offset is at each
@@ -573,28 +668,16 @@ func (d *pageDecoder) array(element func() error) error {
 // list reads what objects and arrays share: the opening byte, then items
 // separated by commas up to the closing byte end. item reads one item.
 func (d *pageDecoder) list(end byte, item func() error) error {
-	d.i++ // { or [
-	d.space()
-	if d.peek() == end {
-		d.i++
-		return nil
-	}
-	for {
+	for more := d.open(end); more; {
 		if err := item(); err != nil {
 			return err
 		}
-		d.space()
-		switch d.peek() {
-		case ',':
-			d.i++
-			d.space()
-		case end:
-			d.i++
-			return nil
-		default:
-			return d.syntaxError("want a comma or " + string(end))
+		var err error
+		if more, err = d.next(end); err != nil {
+			return err
 		}
 	}
+	return nil
 }
 
 // str reads a string and returns its value. Without escapes and with valid
