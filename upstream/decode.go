@@ -922,36 +922,51 @@ func (d *pageDecoder) typeError(field, want string) error {
 
 // parseUpdateTime parses an UpdateTime as time.Parse(time.RFC3339Nano, s)
 // does. The upstream's own layout, 2006-01-02T15:04:05.000Z, takes a
-// shorter way (a quarter of the time); anything else goes to time.Parse.
+// shorter way (two fifths of the time); anything else goes to time.Parse.
 func parseUpdateTime(s string) (time.Time, error) {
 	if len(s) == len("2006-01-02T15:04:05.000Z") && s[4] == '-' && s[7] == '-' && s[10] == 'T' &&
-		s[13] == ':' && s[16] == ':' && s[19] == '.' && s[23] == 'Z' {
-		year, ok1 := decimal(s[0:4])
-		month, ok2 := decimal(s[5:7])
-		day, ok3 := decimal(s[8:10])
-		hour, ok4 := decimal(s[11:13])
-		minute, ok5 := decimal(s[14:16])
-		sec, ok6 := decimal(s[17:19])
-		milli, ok7 := decimal(s[20:23])
-		if ok1 && ok2 && ok3 && ok4 && ok5 && ok6 && ok7 &&
-			1 <= month && month <= 12 && 1 <= day && day <= daysIn(month, year) &&
+		s[13] == ':' && s[16] == ':' && s[19] == '.' && s[23] == 'Z' && upstreamTimeDigits(s) {
+		digit := func(i int) int { return int(s[i] - '0') }
+		year := digit(0)*1000 + digit(1)*100 + digit(2)*10 + digit(3)
+		month, day := digit(5)*10+digit(6), digit(8)*10+digit(9)
+		hour, minute, sec := digit(11)*10+digit(12), digit(14)*10+digit(15), digit(17)*10+digit(18)
+		milli := digit(20)*100 + digit(21)*10 + digit(22)
+		if 1 <= month && month <= 12 && 1 <= day && day <= daysIn(month, year) &&
 			hour < 24 && minute < 60 && sec < 60 {
-			return time.Date(year, time.Month(month), day, hour, minute, sec, milli*1e6, time.UTC), nil
+			unix := daysSinceEpoch(year, month, day)*86400 + int64(hour*3600+minute*60+sec)
+			// What time.Date(…, time.UTC) gives, without its normalising.
+			return time.Unix(unix, int64(milli)*1e6).UTC(), nil
 		}
 	}
 	return time.Parse(time.RFC3339Nano, s)
 }
 
-// decimal returns the number that the ASCII digits s spell.
-func decimal(s string) (int, bool) {
-	n := 0
-	for _, c := range []byte(s) {
-		if c < '0' || c > '9' {
-			return 0, false
+// upstreamTimeDigits reports whether s, 24 bytes long, has ASCII digits
+// wherever the layout 2006-01-02T15:04:05.000Z has them.
+func upstreamTimeDigits(s string) bool {
+	for _, i := range [...]int{0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22} {
+		if s[i]-'0' > 9 {
+			return false
 		}
-		n = n*10 + int(c-'0')
 	}
-	return n, true
+	return true
+}
+
+// daysSinceEpoch returns the number of days from 1970-01-01 to the date
+// (a valid one, in the years 0..9999) of the proleptic Gregorian
+// calendar. It counts in 400-year eras from 1 March of a year before year
+// 0, so that a leap day ends its year and every era is 146097 days.
+func daysSinceEpoch(year, month, day int) int64 {
+	const shift = 4800 // years, 12 eras: keeps the year positive
+	y := int64(year) + shift
+	if month <= 2 { // January and February end the year before
+		y--
+	}
+	era, yearOfEra := y/400, y%400
+	dayOfYear := int64((153*((month+9)%12)+2)/5 + day - 1) // from 1 March
+	dayOfEra := yearOfEra*365 + yearOfEra/4 - yearOfEra/100 + dayOfYear
+	// 719468 days from 0000-03-01 to 1970-01-01.
+	return era*146097 + dayOfEra - 719468 - shift/400*146097
 }
 
 // daysIn returns the number of days of month (1..12) in the proleptic

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/imagerecords/imagerecords/upstream"
 )
@@ -121,6 +122,69 @@ func TestReleasedRecordsReachNoLaterPage(t *testing.T) {
 		}
 		if kept.ImageID != "m-99" || kept.Reason != "r" || kept.UpdateTime.IsZero() || kept.Status != 0 {
 			t.Fatalf("a copy of a released record changed: %+v", kept)
+		}
+	}
+}
+
+// TestDecodePageUpdateTimesMatchTimeParse holds the decoder's short way
+// for the upstream's time layout (2006-01-02T15:04:05.000Z) to
+// time.Parse, through encoding/json's reference: every day of the years
+// where leap rules and the Timestamp range bite and a day in every 61 of
+// all the others from year 1 on (year 0 is out of range), each at a time of day that moves with the day, and,
+// one body each, the day after each month's last in those years and
+// clocks just out of range. checkMatchesEncodingJSON compares the instants
+// and the zones' names and offsets, and the test the location itself.
+func TestDecodePageUpdateTimesMatchTimeParse(t *testing.T) {
+	t.Parallel()
+	var valid, invalid []string
+	edges := map[int]bool{1: true, 4: true, 100: true, 400: true, 1900: true, 1969: true, 1970: true, 2000: true, 2024: true, 2100: true, 9999: true}
+	layout := func(year, month, day, n int) string {
+		return fmt.Sprintf("%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", year, month, day, n%24, n%60, n/60%60, n%1000)
+	}
+	for year := 1; year <= 9999; year++ {
+		for month := 1; month <= 12; month++ {
+			last := time.Date(year, time.Month(month)+1, 0, 0, 0, 0, 0, time.UTC).Day()
+			for day := 1; day <= last; day++ {
+				if n := (year*12+month)*31 + day; edges[year] || n%61 == 0 {
+					valid = append(valid, layout(year, month, day, n))
+				}
+			}
+			if edges[year] {
+				invalid = append(invalid, layout(year, month, last+1, year))
+			}
+		}
+	}
+	valid = append(valid, "1970-01-01T00:00:00.000Z", "1969-12-31T23:59:59.999Z", "0001-01-01T00:00:00.001Z", "9999-12-31T23:59:59.999Z")
+	invalid = append(invalid, "0000-02-29T12:00:00.000Z", "0000-12-31T23:59:59.999Z", "0001-01-01T00:00:00.000Z", "2024-02-29T24:00:00.000Z", "2024-02-29T23:60:00.000Z", "2024-02-29T23:59:60.000Z", "2024-00-10T10:10:10.000Z")
+	const perBody = 1000
+	for start := 0; start < len(valid); start += perBody {
+		var b strings.Builder
+		b.WriteString(`{"RequestId":"R","ImageModifiedRecords":[`)
+		for i, ut := range valid[start:min(start+perBody, len(valid))] {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, `{"Status":1,"UpdateTime":%q}`, ut)
+		}
+		b.WriteString("]}")
+		if err := checkMatchesEncodingJSON(t, []byte(b.String())); err != nil {
+			t.Fatalf("times from %s on: %v", valid[start], err)
+		}
+		// time.Parse gives Z times in time.UTC itself; where Local is UTC
+		// too, the comparison above cannot tell the two apart.
+		page, err := upstream.DecodePage([]byte(b.String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page.Records {
+			if r.UpdateTime.Location() != time.UTC {
+				t.Fatalf("UpdateTime %v is in %v, want time.UTC", r.UpdateTime, r.UpdateTime.Location())
+			}
+		}
+	}
+	for _, ut := range invalid {
+		if checkMatchesEncodingJSON(t, []byte(`{"RequestId":"R","ImageModifiedRecords":[{"Status":1,"UpdateTime":"`+ut+`"}]}`)) == nil {
+			t.Errorf("UpdateTime %s was taken", ut)
 		}
 	}
 }

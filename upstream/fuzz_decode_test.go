@@ -322,3 +322,27 @@ func referenceDecodePage(body []byte) (*upstream.Page, error) {
 	}
 	return p, nil
 }
+
+// FuzzUpdateTimeMatchesTimeParse holds the decoder's reading of an
+// UpdateTime to time.Parse(time.RFC3339Nano), through referenceDecodePage:
+// the fuzzer mutates the time string alone, so it stays near the
+// upstream's layout (2006-01-02T15:04:05.000Z), which the decoder reads
+// its own way, and the layouts next to it, which go to time.Parse.
+func FuzzUpdateTimeMatchesTimeParse(f *testing.F) {
+	for _, seed := range []string{
+		"2022-03-03T02:43:44.851Z", "0001-01-01T00:00:00.000Z", "0001-01-01T00:00:00.001Z", "9999-12-31T23:59:59.999Z",
+		"2024-02-29T23:59:59.999Z", "2100-02-29T00:00:00.000Z", "2000-02-29T12:00:00.000Z", "1969-12-31T23:59:59.999Z",
+		"2022-04-31T00:00:00.000Z", "2022-13-01T00:00:00.000Z", "2022-01-01T24:00:00.000Z", "2022-01-01T00:60:00.000Z",
+		"2022-01-01T00:00:60.000Z", "2022-01-01t00:00:00.000z", "2022-01-01T00:00:00.000+08:00", "2022-01-01T00:00:00Z",
+		"2022-01-01T00:00:00.1234Z", "+022-01-01T00:00:00.000Z", "2022-0a-01T00:00:00.000Z", "2022-01-01T00:00:00,000Z",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, updateTime string) {
+		quoted, err := json.Marshal(updateTime)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkMatchesEncodingJSON(t, []byte(`{"RequestId":"R","ImageModifiedRecords":[{"Status":1,"UpdateTime":`+string(quoted)+`}]}`))
+	})
+}
