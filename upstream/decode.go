@@ -200,29 +200,26 @@ func (p *Page) detach() {
 		r := &p.Records[i]
 		n += len(r.ImageID) + len(r.ImageName) + len(r.NewImageID) + len(r.NewImageName) + len(r.Reason)
 	}
-	var b strings.Builder
-	b.Grow(n)
+	var block strings.Builder
+	block.Grow(n)
 	for i := range p.Records {
 		r := &p.Records[i]
-		b.WriteString(r.ImageID)
-		b.WriteString(r.ImageName)
-		b.WriteString(r.NewImageID)
-		b.WriteString(r.NewImageName)
-		b.WriteString(r.Reason)
+		moveInto(&block, &r.ImageID)
+		moveInto(&block, &r.ImageName)
+		moveInto(&block, &r.NewImageID)
+		moveInto(&block, &r.NewImageName)
+		moveInto(&block, &r.Reason)
 	}
-	block, off := b.String(), 0
-	take := func(s *string) {
-		*s = block[off : off+len(*s)]
-		off += len(*s)
-	}
-	for i := range p.Records {
-		r := &p.Records[i]
-		take(&r.ImageID)
-		take(&r.ImageName)
-		take(&r.NewImageID)
-		take(&r.NewImageName)
-		take(&r.Reason)
-	}
+}
+
+// moveInto appends *s to block and points *s at the copy. The copy stays
+// where it is: block was made large enough for all it takes up front, so
+// it never moves what it holds, and a Builder never changes bytes it has
+// written.
+func moveInto(block *strings.Builder, s *string) {
+	start := block.Len()
+	block.WriteString(*s)
+	*s = block.String()[start:]
 }
 
 // wirePage is what a body says, before the rules judge it: with duplicate
