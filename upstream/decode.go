@@ -594,9 +594,11 @@ func (d *pageDecoder) integerField(dst *int64, name string) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		n, err := strconv.ParseInt(text, 10, 64)
-		if err != nil {
-			return false, fmt.Errorf("%s %s is not a 64-bit integer", name, text)
+		n, ok := shortInteger(text)
+		if !ok {
+			if n, err = strconv.ParseInt(text, 10, 64); err != nil {
+				return false, fmt.Errorf("%s %s is not a 64-bit integer", name, text)
+			}
 		}
 		*dst = n
 		return true, nil
@@ -604,6 +606,27 @@ func (d *pageDecoder) integerField(dst *int64, name string) (bool, error) {
 		return false, d.literal("null")
 	}
 	return false, d.typeError(name, "an integer")
+}
+
+// shortInteger returns the number that text, a JSON number, spells, if
+// it is an integer of at most 18 digits (which cannot overflow), as
+// strconv.ParseInt would; ok is false for any other text.
+func shortInteger(text string) (n int64, ok bool) {
+	digits := strings.TrimPrefix(text, "-")
+	if len(digits) > 18 {
+		return 0, false
+	}
+	for i := range len(digits) {
+		c := digits[i] - '0'
+		if c > 9 {
+			return 0, false
+		}
+		n = n*10 + int64(c)
+	}
+	if len(digits) < len(text) {
+		n = -n
+	}
+	return n, true
 }
 
 // skip reads any one value. depth is the nesting depth an object or array
