@@ -293,13 +293,35 @@ var (
 	quotedRecordKeys = quoteKeys(recordKeys)
 )
 
-// quoteKeys returns each of keys as its JSON text followed by a colon.
-func quoteKeys(keys []string) []string {
-	quoted := make([]string, len(keys))
+// quotedKey is a key as JSON text followed by a colon, with its first and
+// last eight bytes as words, to compare the body with.
+type quotedKey struct {
+	text       string
+	head, tail uint64 // the first and the last 8 bytes of text, read little-endian
+}
+
+// quoteKeys returns each of keys quoted and followed by a colon.
+func quoteKeys(keys []string) []quotedKey {
+	quoted := make([]quotedKey, len(keys))
 	for i, k := range keys {
-		quoted[i] = `"` + k + `":`
+		text := `"` + k + `":` // 9 bytes at least: no key is shorter than 6
+		quoted[i] = quotedKey{
+			text: text,
+			head: binary.LittleEndian.Uint64([]byte(text)),
+			tail: binary.LittleEndian.Uint64([]byte(text[len(text)-8:])),
+		}
 	}
 	return quoted
+}
+
+// startsWith reports whether the body has q.text at offset i. A text of
+// at most 16 bytes is two words, which may overlap.
+func (d *pageDecoder) startsWith(i int, q *quotedKey) bool {
+	n := len(q.text)
+	if n > 16 || len(d.b)-i < n {
+		return strings.HasPrefix(d.s[i:], q.text)
+	}
+	return binary.LittleEndian.Uint64(d.b[i:]) == q.head && binary.LittleEndian.Uint64(d.b[i+n-8:]) == q.tail
 }
 
 // matchKey returns the index in keys of the field a JSON key names, or -1
@@ -518,9 +540,9 @@ func (d *pageDecoder) record(r *Record, x *pendingRecord) error {
 // each of keys quoted and followed by a colon; guess is the index of the
 // key that most likely comes, which is tried as it stands first: a key
 // that is exactly that text can only be that field.
-func (d *pageDecoder) key(keys, quoted []string, guess int) (int, error) {
-	if guess >= 0 && guess < len(quoted) && strings.HasPrefix(d.s[d.i:], quoted[guess]) {
-		d.i += len(quoted[guess])
+func (d *pageDecoder) key(keys []string, quoted []quotedKey, guess int) (int, error) {
+	if guess >= 0 && guess < len(quoted) && d.startsWith(d.i, &quoted[guess]) {
+		d.i += len(quoted[guess].text)
 		d.space()
 		return guess, nil
 	}
@@ -661,7 +683,7 @@ func (d *pageDecoder) skip(depth int) error {
 // index in keys, or -1: see key) when the offset is at the key's value;
 // member must read the value. quoted holds each of keys quoted and
 // followed by a colon.
-func (d *pageDecoder) object(keys, quoted []string, member func(field int) error) error {
+func (d *pageDecoder) object(keys []string, quoted []quotedKey, member func(field int) error) error {
 	guess := 0 // the key after the last one, in the order of keys
 	for more := d.open('}'); more; {
 		field, err := d.key(keys, quoted, guess)
