@@ -133,13 +133,13 @@ func decodePage(body []byte) (*Page, error) {
 			return nil, fmt.Errorf("%w: record %d: Status %d outside the int32 range", ErrMalformedResponse, i, x.status)
 		}
 		records[i].Status = int(x.status)
-		if x.updateTime != "" {
-			t, err := parseUpdateTime(x.updateTime)
+		if ut := x.texts[textUpdateTime].value(d.s, x.updateTime); ut != "" {
+			t, err := parseUpdateTime(ut)
 			if err != nil {
-				return nil, fmt.Errorf("%w: record %d: UpdateTime %q is not RFC 3339", ErrMalformedResponse, i, truncate([]byte(x.updateTime), 64))
+				return nil, fmt.Errorf("%w: record %d: UpdateTime %q is not RFC 3339", ErrMalformedResponse, i, truncate([]byte(ut), 64))
 			}
 			if !t.After(minUpdateTime) || t.After(maxUpdateTime) {
-				return nil, fmt.Errorf("%w: record %d: UpdateTime %q outside 0001-01-01..9999-12-31 UTC", ErrMalformedResponse, i, truncate([]byte(x.updateTime), 64))
+				return nil, fmt.Errorf("%w: record %d: UpdateTime %q outside 0001-01-01..9999-12-31 UTC", ErrMalformedResponse, i, truncate([]byte(ut), 64))
 			}
 			records[i].UpdateTime = t
 		}
@@ -153,7 +153,7 @@ func decodePage(body []byte) (*Page, error) {
 	if wp.n > 0 {
 		page.list, wp.recordList = wp.recordList, nil // the page's now
 	}
-	page.detach()
+	page.detach(pending, d.s)
 	return page, nil
 }
 
@@ -191,35 +191,38 @@ func (p *Page) Release() {
 // as the records, and RequestId and NextToken apart, since they outlive
 // the records (Pages remembers every NextToken of a sequence, a span or a
 // log line may keep a RequestId): sharing the block would keep every
-// page's records alive as long as its token.
-func (p *Page) detach() {
+// page's records alive as long as its token. pending holds where in body
+// each record's strings are (see [fieldText]).
+func (p *Page) detach(pending []pendingRecord, body string) {
 	p.RequestID = strings.Clone(p.RequestID)
 	p.NextToken = strings.Clone(p.NextToken)
 	n := 0
 	for i := range p.Records {
-		r := &p.Records[i]
-		n += len(r.ImageID) + len(r.ImageName) + len(r.NewImageID) + len(r.NewImageName) + len(r.Reason)
+		r, t := &p.Records[i], &pending[i].texts
+		n += len(t[textImageID].value(body, r.ImageID)) + len(t[textImageName].value(body, r.ImageName)) +
+			len(t[textNewImageID].value(body, r.NewImageID)) + len(t[textNewImageName].value(body, r.NewImageName)) +
+			len(t[textReason].value(body, r.Reason))
 	}
 	var block strings.Builder
 	block.Grow(n)
 	for i := range p.Records {
-		r := &p.Records[i]
-		moveInto(&block, &r.ImageID)
-		moveInto(&block, &r.ImageName)
-		moveInto(&block, &r.NewImageID)
-		moveInto(&block, &r.NewImageName)
-		moveInto(&block, &r.Reason)
+		r, t := &p.Records[i], &pending[i].texts
+		r.ImageID = copyInto(&block, t[textImageID].value(body, r.ImageID))
+		r.ImageName = copyInto(&block, t[textImageName].value(body, r.ImageName))
+		r.NewImageID = copyInto(&block, t[textNewImageID].value(body, r.NewImageID))
+		r.NewImageName = copyInto(&block, t[textNewImageName].value(body, r.NewImageName))
+		r.Reason = copyInto(&block, t[textReason].value(body, r.Reason))
 	}
 }
 
-// moveInto appends *s to block and points *s at the copy. The copy stays
-// where it is: block was made large enough for all it takes up front, so
-// it never moves what it holds, and a Builder never changes bytes it has
+// copyInto appends s to block and returns the copy. The copy stays where
+// it is: block was made large enough for all it takes up front, so it
+// never moves what it holds, and a Builder never changes bytes it has
 // written.
-func moveInto(block *strings.Builder, s *string) {
+func copyInto(block *strings.Builder, s string) string {
 	start := block.Len()
-	block.WriteString(*s)
-	*s = block.String()[start:]
+	block.WriteString(s)
+	return block.String()[start:]
 }
 
 // wirePage is what a body says, before the rules judge it: with duplicate
@@ -257,12 +260,48 @@ func (p *wirePage) recycle() {
 	p.recordList, p.pendingList = nil, nil
 }
 
-// pendingRecord is what the rules judge of a record: Status and UpdateTime
-// as the body says them.
+// pendingRecord is what the rules judge of a record, Status and
+// UpdateTime as the body says them, and where the record's strings are.
 type pendingRecord struct {
-	status     int64
-	hasStatus  bool // false: absent or null
+	status    int64
+	hasStatus bool // false: absent or null
+	// texts are the string fields, by their text* index. A decoded
+	// (escaped) UpdateTime is held in updateTime, the other decoded
+	// strings in the record's own fields.
+	texts      [textFields]fieldText
 	updateTime string
+}
+
+// Indexes of a record's string fields in pendingRecord.texts.
+const (
+	textUpdateTime = iota
+	textImageID
+	textImageName
+	textNewImageID
+	textNewImageName
+	textReason
+	textFields // how many there are
+)
+
+// fieldText is where the value of a string field is: the offsets of its
+// text in the body, from start to end, when the text is its value (no
+// escapes, valid UTF-8: the usual case). A start of -1 means the value was
+// decoded, and is held apart. The zero fieldText is the empty string.
+// Offsets instead of strings spare the decoder a pointer write per field
+// (each a write barrier while the GC marks); detach writes each string of
+// a record once, pointing into the page's block.
+type fieldText struct{ start, end int }
+
+// decodedText is the fieldText of a decoded value.
+var decodedText = fieldText{start: -1}
+
+// value returns the field's value: its text in body, or held, the value
+// held apart.
+func (t fieldText) value(body, held string) string {
+	if t.start < 0 {
+		return held
+	}
+	return body[t.start:t.end]
 }
 
 // Keys of the page and of a record, in the upstream's spelling.
@@ -510,17 +549,17 @@ func (d *pageDecoder) record(r *Record, x *pendingRecord) error {
 		case keyStatus:
 			x.hasStatus, err = d.integerField(&x.status, "Status")
 		case keyUpdateTime:
-			err = d.stringField(&x.updateTime, "UpdateTime")
+			err = d.textField(&x.texts[textUpdateTime], &x.updateTime, "UpdateTime")
 		case keyImageID:
-			err = d.stringField(&r.ImageID, "ImageId")
+			err = d.textField(&x.texts[textImageID], &r.ImageID, "ImageId")
 		case keyImageName:
-			err = d.stringField(&r.ImageName, "ImageName")
+			err = d.textField(&x.texts[textImageName], &r.ImageName, "ImageName")
 		case keyNewImageID:
-			err = d.stringField(&r.NewImageID, "NewImageId")
+			err = d.textField(&x.texts[textNewImageID], &r.NewImageID, "NewImageId")
 		case keyNewImageName:
-			err = d.stringField(&r.NewImageName, "NewImageName")
+			err = d.textField(&x.texts[textNewImageName], &r.NewImageName, "NewImageName")
 		case keyReason:
-			err = d.stringField(&r.Reason, "Reason")
+			err = d.textField(&x.texts[textReason], &r.Reason, "Reason")
 		default:
 			err = d.skip(4)
 		}
@@ -599,6 +638,29 @@ func (d *pageDecoder) stringField(dst *string, name string) error {
 		s, err := d.str()
 		*dst = s
 		return err
+	case 'n':
+		return d.literal("null")
+	}
+	return d.typeError(name, "a string")
+}
+
+// textField reads a string of a record: where its text is into t, or, if
+// the value had to be decoded, that into held (t says so). null leaves
+// both as they are.
+func (d *pageDecoder) textField(t *fieldText, held *string, name string) error {
+	switch d.peek() {
+	case '"':
+		start := d.i + 1
+		s, inBody, err := d.text()
+		if err != nil {
+			return err
+		}
+		if inBody {
+			*t = fieldText{start, d.i - 1}
+		} else {
+			*t, *held = decodedText, s
+		}
+		return nil
 	case 'n':
 		return d.literal("null")
 	}
@@ -726,6 +788,13 @@ func (d *pageDecoder) list(end byte, item func() error) error {
 // UTF-8 (the usual case) the value is a substring of the body; otherwise it
 // is decoded by unescape.
 func (d *pageDecoder) str() (string, error) {
+	s, _, err := d.text()
+	return s, err
+}
+
+// text is str, and also reports whether the value is the string's text in
+// the body, as it stands.
+func (d *pageDecoder) text() (value string, inBody bool, err error) {
 	start := d.i + 1 // after the quote
 	// Up to the first quote, backslash or control character (the closing
 	// quote in the usual case), eight bytes at a time, noting whether any
@@ -752,16 +821,16 @@ func (d *pageDecoder) str() (string, error) {
 	if i < len(s) && s[i] == '"' {
 		d.i = i + 1
 		if text := s[start:i]; high&highBits == 0 || utf8.ValidString(text) {
-			return text, nil
+			return text, true, nil
 		}
-		return unescape(s[start:i]), nil
+		return unescape(s[start:i]), false, nil
 	}
 	// A string with escapes, or no end.
 	for i := start; i < len(d.s); {
 		switch c := d.s[i]; {
 		case c == '"':
 			d.i = i + 1
-			return unescape(d.s[start:i]), nil
+			return unescape(d.s[start:i]), false, nil
 		case c == '\\' && i+1 < len(d.s):
 			switch d.s[i+1] {
 			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
@@ -769,22 +838,22 @@ func (d *pageDecoder) str() (string, error) {
 			case 'u':
 				if i+6 > len(d.s) || !isHex4(d.s[i+2:i+6]) {
 					d.i = i
-					return "", d.syntaxError("invalid \\u escape")
+					return "", false, d.syntaxError("invalid \\u escape")
 				}
 				i += 6
 			default:
 				d.i = i
-				return "", d.syntaxError("invalid escape")
+				return "", false, d.syntaxError("invalid escape")
 			}
 		case c < ' ':
 			d.i = i
-			return "", d.syntaxError("control character in a string")
+			return "", false, d.syntaxError("control character in a string")
 		default:
 			i++
 		}
 	}
 	d.i = len(d.s)
-	return "", d.syntaxError("unterminated string")
+	return "", false, d.syntaxError("unterminated string")
 }
 
 // highBits are the high bits of the eight bytes of a word.
