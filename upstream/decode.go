@@ -233,7 +233,8 @@ type wirePage struct {
 	totalCount int64
 	nextToken  string
 	// records and pending hold the elements of ImageModifiedRecords, the
-	// strings in records and the rest in pending, the same index in both.
+	// same index in both: decoded strings in records, the rest, where the
+	// other strings are in the body included, in pending.
 	// They keep every element that an array has filled in since the list
 	// was last emptied, and n is the length of the list: the two differ
 	// after a duplicate ImageModifiedRecords key with a shorter array (see
