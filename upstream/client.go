@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -99,6 +98,7 @@ var _ API = (*Client)(nil)
 // for concurrent use.
 type Client struct {
 	endpoint         string
+	endpointURL      string // endpoint with the path /; "" if invalid
 	transport        http.RoundTripper
 	httpClient       *http.Client
 	credentials      CredentialsProvider
@@ -192,6 +192,9 @@ func NewClient(creds CredentialsProvider, opts ...Option) *Client {
 	}
 	for _, opt := range opts {
 		opt(c)
+	}
+	if c.endpoint != "" {
+		c.endpointURL = endpointRequestURL(c.endpoint)
 	}
 	if c.transport == nil {
 		c.transport = NewTransport()
@@ -512,48 +515,81 @@ func (e *networkError) Error() string { return "calling upstream: " + e.err.Erro
 func (e *networkError) Unwrap() error { return e.err }
 
 func (c *Client) newRequest(ctx context.Context, in DescribeInput, creds Credentials) (*http.Request, error) {
-	params := url.Values{
-		"RegionId":  {in.RegionID},
-		"DesktopId": {in.DesktopID},
+	// The parameters' values share one array.
+	values := make([]string, 0, 4)
+	params := make(url.Values, 4)
+	param := func(name, value string) {
+		values = append(values, value)
+		params[name] = values[len(values)-1 : len(values) : len(values)]
 	}
+	param("RegionId", in.RegionID)
+	param("DesktopId", in.DesktopID)
 	if in.MaxResults > 0 {
-		params.Set("MaxResults", strconv.Itoa(in.MaxResults))
+		param("MaxResults", strconv.Itoa(in.MaxResults))
 	}
 	if in.NextToken != "" {
-		params.Set("NextToken", in.NextToken)
+		param("NextToken", in.NextToken)
 	}
-	base := c.Endpoint(in.RegionID)
-	u, err := url.Parse(base)
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("invalid upstream endpoint %q", base)
+	target, err := c.requestURL(in.RegionID)
+	if err != nil {
+		return nil, err
 	}
 	call := acs.Call{Action: Action, Version: APIVersion, Params: params, Timestamp: c.now(), Nonce: newNonce()}
 	signing := acs.Credentials(creds)
-	var header http.Header
-	body := ""
+	// Room for the signed headers (eight with an STS token) and Accept.
+	header := make(http.Header, 9)
+	header["Accept"] = acceptJSON
+	var req *http.Request
 	switch c.signature {
 	case SignatureV1:
 		// The parameters go in a form body, not the query string as the
 		// official SDK does, so that the AccessKeyId, the STS token and the
 		// signature never appear in a URL (in traces, proxy logs, errors).
-		body = call.SignV1(http.MethodPost, signing)
-		header = http.Header{}
-		header.Set("Content-Type", "application/x-www-form-urlencoded")
+		body := call.SignV1(http.MethodPost, signing)
+		header["Content-Type"] = formContentType
+		if req, err = http.NewRequestWithContext(ctx, http.MethodPost, target, strings.NewReader(body)); err != nil {
+			return nil, fmt.Errorf("building upstream request: %w", err)
+		}
 	default:
-		u.RawQuery, header = call.SignV3(u.Host, signing)
-	}
-	header.Set("Accept", "application/json")
-	u.Path = "/"
-	var bodyReader io.Reader = http.NoBody
-	if body != "" {
-		bodyReader = strings.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bodyReader)
-	if err != nil {
-		return nil, fmt.Errorf("building upstream request: %w", err)
+		if req, err = http.NewRequestWithContext(ctx, http.MethodPost, target, http.NoBody); err != nil {
+			return nil, fmt.Errorf("building upstream request: %w", err)
+		}
+		req.URL.RawQuery = call.SignV3Into(header, req.URL.Host, signing)
 	}
 	req.Header = header
 	return req, nil
+}
+
+// The values of the headers the client sets besides the signed ones. They
+// are shared by every request: net/http reads header values and never
+// writes them.
+var (
+	acceptJSON      = []string{"application/json"}
+	formContentType = []string{"application/x-www-form-urlencoded"}
+)
+
+// requestURL returns the URL a request for region goes to, before its
+// query: the endpoint with the path /.
+func (c *Client) requestURL(region string) (string, error) {
+	if c.endpoint == "" {
+		return "https://ecd." + region + ".aliyuncs.com/", nil
+	}
+	if c.endpointURL == "" {
+		return "", fmt.Errorf("invalid upstream endpoint %q", c.endpoint)
+	}
+	return c.endpointURL, nil
+}
+
+// endpointRequestURL is what requestURL returns for every request to the
+// endpoint base ("" for an invalid one): base with the path /, parsed
+// once.
+func endpointRequestURL(base string) string {
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	u.Path, u.RawPath = "/", ""
+	return u.String()
 }
 
 func newNonce() string {
