@@ -224,6 +224,9 @@ var errAttemptTimeout = errors.New("upstream attempt timed out")
 // SpanName names the client span of every upstream attempt.
 const SpanName = "ecd " + Action
 
+// clientSpan starts every attempt's span.
+var clientSpan = trace.WithSpanKind(trace.SpanKindClient)
+
 // NewTransport returns the default upstream transport: HTTP/2 where the
 // endpoint offers it, and a keep-alive pool large enough that concurrent
 // streams reuse connections instead of dialing anew.
@@ -448,13 +451,12 @@ var regionPattern = regexp.MustCompile(`^[a-z]{2,12}(-[a-z0-9]{1,24}){1,4}$`)
 // answer while the span is open, so the span carries what only the body
 // tells (the upstream RequestId, the error code, the record count).
 func (c *Client) attempt(ctx context.Context, in DescribeInput, attempt int) (*Page, error) {
-	ctx, span := c.tracer.Start(ctx, SpanName, trace.WithSpanKind(trace.SpanKindClient))
+	ctx, span := c.tracer.Start(ctx, SpanName, clientSpan)
 	defer span.End()
-	annotateRequest(span, in, attempt, pageNumberFrom(ctx))
 	start := time.Now()
 	page, status, err := c.roundTrip(ctx, in)
 	c.metrics.record(ctx, time.Since(start), err)
-	annotateAnswer(span, status, page, err)
+	annotateAttempt(span, in, attempt, pageNumberFrom(ctx), status, page, err)
 	return page, err
 }
 
