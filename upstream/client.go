@@ -100,7 +100,6 @@ type Client struct {
 	endpoint         string
 	endpointURL      string // endpoint with the path /; "" if invalid
 	transport        http.RoundTripper
-	httpClient       *http.Client
 	credentials      CredentialsProvider
 	signature        SignatureVersion
 	retry            RetryPolicy
@@ -208,12 +207,6 @@ func NewClient(creds CredentialsProvider, opts ...Option) *Client {
 	c.metrics = newInstruments(c.meterProvider)
 	c.metrics.observePacer(c.meterProvider, c.pacer)
 	c.tracer = c.tracerProvider.Tracer(instrumentationName)
-	c.httpClient = &http.Client{
-		// No trace context is sent: the upstream is a third party.
-		Transport: c.transport,
-		// A signed request is never replayed to another address.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
 	return c
 }
 
@@ -479,7 +472,7 @@ func (c *Client) roundTrip(ctx context.Context, in DescribeInput) (_ *Page, stat
 	if err != nil {
 		return nil, 0, err
 	}
-	resp, err := c.httpClient.Do(req)
+	resp, err := c.send(req)
 	if err == nil {
 		var page *Page
 		page, err = readAnswer(resp, c.maxResponseBytes)
@@ -498,11 +491,32 @@ func (c *Client) roundTrip(ctx context.Context, in DescribeInput) (_ *Page, stat
 	if regionErr := c.unknownRegion(in.RegionID, err); regionErr != nil {
 		return nil, status, regionErr // not a networkError: never retried
 	}
-	// The URL may carry request parameters: keep it out of the error.
-	if ue, ok := errors.AsType[*url.Error](err); ok {
-		err = fmt.Errorf("%s %s: %w", ue.Op, req.URL.Host, ue.Err)
-	}
 	return nil, status, &networkError{err: err}
+}
+
+// send sends req with the client's transport and returns its answer, or
+// an error that names the method and host as http.Client's does, but not
+// the URL, which may carry request parameters.
+//
+// It is what http.Client.Do does for the client: a signed request is
+// never redirected (a redirect is the answer, and is no page), no cookie
+// is sent, and the endpoint's user, if any, becomes Basic authorization
+// where the signature is not in the Authorization header (V1). Do would
+// also copy every request's header map, for redirects the client never
+// follows. No trace context is sent: the upstream is a third party.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	if u := req.URL.User; u != nil && req.Header.Get("Authorization") == "" {
+		password, _ := u.Password()
+		req.SetBasicAuth(u.Username(), password)
+	}
+	resp, err := c.transport.RoundTrip(req)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("Post %s: %w", req.URL.Host, err)
+	case resp == nil:
+		return nil, fmt.Errorf("Post %s: the transport returned no answer and no error", req.URL.Host)
+	}
+	return resp, nil
 }
 
 func isNetworkError(err error) bool {
