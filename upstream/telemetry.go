@@ -55,7 +55,7 @@ func newInstruments(mp metric.MeterProvider) instruments {
 	// Export every counter at zero from the start, so that rates and
 	// alerts have a series before the first event.
 	ctx := context.Background()
-	in.calls.Add(ctx, 0, callsOK)
+	in.calls.Add(ctx, 0, callsOK...)
 	in.retries.Add(ctx, 0, metric.WithAttributes(semconv.ErrorTypeKey.String("Throttling.User")))
 	in.throttles.Add(ctx, 0)
 	in.budgetExhausted.Add(ctx, 0)
@@ -82,23 +82,25 @@ func (in instruments) observePacer(mp metric.MeterProvider, p *Pacer) {
 
 func (in instruments) record(ctx context.Context, d time.Duration, err error) {
 	if err == nil {
-		in.calls.Add(ctx, 1, callsOK)
-		in.duration.Record(ctx, d.Seconds(), outcomeOK)
+		in.calls.Add(ctx, 1, callsOK...)
+		in.duration.Record(ctx, d.Seconds(), outcomeOK...)
 		return
 	}
 	in.calls.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", "error"), semconv.ErrorTypeKey.String(errorCode(err))))
-	in.duration.Record(ctx, d.Seconds(), outcomeError)
+	in.duration.Record(ctx, d.Seconds(), outcomeError...)
 	if apiErr, ok := errors.AsType[*APIError](err); ok && apiErr.Kind() == KindThrottled {
 		in.throttles.Add(ctx, 1)
 	}
 }
 
 // The attributes of every successful attempt's measurements, and of every
-// failed attempt's duration, built once.
+// failed attempt's duration, built once, as the option lists the
+// instruments take: a list passed on as it is (callsOK...) costs no
+// allocation, where a single option becomes a new list at every call.
 var (
-	callsOK      = metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "ok"), semconv.ErrorTypeKey.String("")))
-	outcomeOK    = metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "ok")))
-	outcomeError = metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "error")))
+	callsOK      = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "ok"), semconv.ErrorTypeKey.String("")))}
+	outcomeOK    = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "ok")))}
+	outcomeError = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "error")))}
 )
 
 // errorCode names err for metrics and spans: the upstream Code, or a fixed

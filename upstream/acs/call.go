@@ -120,14 +120,13 @@ func (c Call) SignV3Into(header http.Header, host string, creds Credentials) (ra
 	s.canonical, start, end = appendV3Canonical(s.canonical[:0], http.MethodPost, c.Params, signed, EmptyPayloadHash)
 	var sig [64]byte
 	s.sign(creds.AccessKeySecret, sig[:])
-	// The Authorization header, formatted as V3Authorization formats it,
-	// in the buffer the canonical request is done with.
-	auth := append(s.canonical[end:end], V3Algorithm+" Credential="...)
-	auth = append(auth, creds.AccessKeyID...)
-	auth = append(auth, ",SignedHeaders="...)
-	auth = append(auth, s.canonical[start:end]...)
-	auth = append(auth, ",Signature="...)
-	auth = append(auth, sig[:]...)
+	// The Authorization header, formatted as V3Authorization formats it.
+	s.authorization = append(s.authorization[:0], V3Algorithm+" Credential="...)
+	s.authorization = append(s.authorization, creds.AccessKeyID...)
+	s.authorization = append(s.authorization, ",SignedHeaders="...)
+	s.authorization = append(s.authorization, s.canonical[start:end]...)
+	s.authorization = append(s.authorization, ",Signature="...)
+	s.authorization = append(s.authorization, sig[:]...)
 
 	// The header values, untrimmed as the caller gave them, in one array.
 	values := make([]string, 0, 8)
@@ -144,7 +143,7 @@ func (c Call) SignV3Into(header http.Header, host string, creds Credentials) (ra
 		add(headerAccessKeyID, creds.AccessKeyID)
 		add(headerSecurityToken, creds.SecurityToken)
 	}
-	add(headerAuthorization, string(auth))
+	add(headerAuthorization, string(s.authorization))
 	return rawQuery
 }
 

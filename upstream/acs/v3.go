@@ -129,11 +129,15 @@ func appendV3Canonical(b []byte, method string, query url.Values, headers []v3He
 }
 
 // v3Signer holds what signing one request needs and can use again for the
-// next: the buffer the canonical request is written into, and an
+// next: the buffers the canonical request and the Authorization header
+// are written into, and an
 // HMAC-SHA256 keyed by the secret it last signed with. A signer is used by
 // one goroutine at a time, taken from and given back to v3Signers.
 type v3Signer struct {
 	canonical []byte
+	// authorization is the buffer [Call.SignV3Into] formats the
+	// Authorization header in.
+	authorization []byte
 	// secret is mac's key. A request signed with another secret (the
 	// credentials rotated, or another key) keys a new HMAC.
 	secret string
