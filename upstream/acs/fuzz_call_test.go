@@ -96,3 +96,52 @@ func FuzzCallSignV1MatchesV1Signature(f *testing.F) {
 		}
 	})
 }
+
+// TestCallSignV3ConcurrentSecrets signs one call with two secrets from
+// several goroutines at once and checks every Authorization against the
+// reference: pooled signers keyed with one secret must never sign with
+// it for the other.
+func TestCallSignV3ConcurrentSecrets(t *testing.T) {
+	t.Parallel()
+	date, err := time.Parse(acs.TimestampLayout, vectorDate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := acs.Call{Action: "DescribeImageModifiedRecords", Version: "2020-09-30", Params: ecdQuery(), Timestamp: date, Nonce: vectorNonce}
+	const host = "ecd.cn-hangzhou.aliyuncs.com"
+	secrets := []string{"YourAccessKeySecret", "another-secret"}
+	want := make([]string, len(secrets))
+	for i, secret := range secrets {
+		header := http.Header{}
+		header.Set("x-acs-action", call.Action)
+		header.Set("x-acs-version", call.Version)
+		header.Set("x-acs-date", vectorDate)
+		header.Set("x-acs-signature-nonce", vectorNonce)
+		header.Set("x-acs-content-sha256", acs.EmptyPayloadHash)
+		_, signed, sig := specV3(http.MethodPost, host, ecdQuery(), header, acs.EmptyPayloadHash, secret)
+		want[i] = acs.V3Authorization("YourAccessKeyId", signed, sig)
+	}
+	if published := acs.V3Authorization("YourAccessKeyId", plainSigned, vectorB); want[0] != published {
+		t.Fatalf("reference Authorization %s, want vector B's %s", want[0], published)
+	}
+	const goroutines, rounds = 8, 200
+	errs := make(chan string, goroutines)
+	for g := range goroutines {
+		go func() {
+			for r := range rounds {
+				i := (g + r) % len(secrets)
+				_, header := call.SignV3(host, acs.Credentials{AccessKeyID: "YourAccessKeyId", AccessKeySecret: secrets[i]})
+				if got := header.Get("Authorization"); got != want[i] {
+					errs <- "secret " + secrets[i] + ": Authorization " + got + ", want " + want[i]
+					return
+				}
+			}
+			errs <- ""
+		}()
+	}
+	for range goroutines {
+		if msg := <-errs; msg != "" {
+			t.Error(msg)
+		}
+	}
+}
