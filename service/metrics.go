@@ -16,14 +16,14 @@ const instrumentationName = "github.com/imagerecords/imagerecords/service"
 // instruments are the service's metrics. Their attributes never include a
 // desktop or region id: those are unbounded, and belong on spans.
 type instruments struct {
-	records       metric.Int64Counter
-	pages         metric.Int64Counter
+	records       counter
+	pages         counter
 	activeStreams metric.Int64UpDownCounter
 
 	// fleetActive counts fleet desktops being paged; fleetDesktops the
 	// fleet desktops finished, by outcome.
 	fleetActive   metric.Int64UpDownCounter
-	fleetDesktops metric.Int64Counter
+	fleetDesktops counter
 	// watchPollers counts the running pollers, watchWatchers the watchers
 	// they serve; watchPollWatchers is the watchers each poll serves;
 	// watchPolls counts polls by outcome and watchEvents the events sent,
@@ -31,23 +31,42 @@ type instruments struct {
 	watchPollers      metric.Int64UpDownCounter
 	watchWatchers     metric.Int64UpDownCounter
 	watchPollWatchers metric.Int64Histogram
-	watchPolls        metric.Int64Counter
-	watchEvents       metric.Int64Counter
+	watchPolls        counter
+	watchEvents       counter
+}
+
+// counter is an Int64Counter whose every measurement carries one of the
+// prebuilt attribute sets below.
+type counter struct{ metric.Int64Counter }
+
+// Add adds n to the series of attrs.
+func (c counter) Add(ctx context.Context, n int64, attrs attributes) {
+	c.Int64Counter.Add(ctx, n, attrs...)
+}
+
+// attributes is an attribute set built once, as the option list an
+// instrument takes: a list passed on whole costs no allocation, where a
+// single option becomes a new list at every measurement (every page of
+// every stream).
+type attributes []metric.AddOption
+
+func attributeSet(kvs ...attribute.KeyValue) attributes {
+	return attributes{metric.WithAttributeSet(attribute.NewSet(kvs...))}
 }
 
 var (
-	methodList   = metric.WithAttributeSet(attribute.NewSet(semconv.RPCMethod("ListImageModifiedRecords")))
-	methodStream = metric.WithAttributeSet(attribute.NewSet(semconv.RPCMethod("StreamImageModifiedRecords")))
-	methodFleet  = metric.WithAttributeSet(attribute.NewSet(semconv.RPCMethod("StreamFleetImageModifiedRecords")))
-	methodWatch  = metric.WithAttributeSet(attribute.NewSet(semconv.RPCMethod("WatchImageModifiedRecords")))
+	methodList   = attributeSet(semconv.RPCMethod("ListImageModifiedRecords"))
+	methodStream = attributeSet(semconv.RPCMethod("StreamImageModifiedRecords"))
+	methodFleet  = attributeSet(semconv.RPCMethod("StreamFleetImageModifiedRecords"))
+	methodWatch  = attributeSet(semconv.RPCMethod("WatchImageModifiedRecords"))
 
-	eventSnapshot      = metric.WithAttributeSet(attribute.NewSet(attribute.String("kind", "snapshot")))
-	eventRecordAdded   = metric.WithAttributeSet(attribute.NewSet(attribute.String("kind", "record_added")))
-	eventStatusChanged = metric.WithAttributeSet(attribute.NewSet(attribute.String("kind", "status_changed")))
-	eventHeartbeat     = metric.WithAttributeSet(attribute.NewSet(attribute.String("kind", "heartbeat")))
+	eventSnapshot      = attributeSet(attribute.String("kind", "snapshot"))
+	eventRecordAdded   = attributeSet(attribute.String("kind", "record_added"))
+	eventStatusChanged = attributeSet(attribute.String("kind", "status_changed"))
+	eventHeartbeat     = attributeSet(attribute.String("kind", "heartbeat"))
 
-	outcomeOK     = metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "ok")))
-	outcomeFailed = metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "failed")))
+	outcomeOK     = attributeSet(attribute.String("outcome", "ok"))
+	outcomeFailed = attributeSet(attribute.String("outcome", "failed"))
 )
 
 func newInstruments(mp metric.MeterProvider) instruments {
@@ -55,15 +74,15 @@ func newInstruments(mp metric.MeterProvider) instruments {
 	var in instruments
 	// Instrument creation fails only for invalid names, fixed here; a
 	// failed instrument is a no-op, never a crash.
-	in.records, _ = m.Int64Counter("imagerecords.records",
+	in.records.Int64Counter, _ = m.Int64Counter("imagerecords.records",
 		metric.WithDescription("Image-change records delivered to callers."), metric.WithUnit("{record}"))
-	in.pages, _ = m.Int64Counter("imagerecords.pages",
+	in.pages.Int64Counter, _ = m.Int64Counter("imagerecords.pages",
 		metric.WithDescription("Upstream pages delivered to callers (one per List, one per stream message)."), metric.WithUnit("{page}"))
 	in.activeStreams, _ = m.Int64UpDownCounter("imagerecords.streams.active",
 		metric.WithDescription("Streams in progress."), metric.WithUnit("{stream}"))
 	in.fleetActive, _ = m.Int64UpDownCounter("imagerecords.fleet.desktops.active",
 		metric.WithDescription("Fleet desktops being paged, across every fleet call."), metric.WithUnit("{desktop}"))
-	in.fleetDesktops, _ = m.Int64Counter("imagerecords.fleet.desktops",
+	in.fleetDesktops.Int64Counter, _ = m.Int64Counter("imagerecords.fleet.desktops",
 		metric.WithDescription("Fleet desktops finished, by outcome (ok: every record sent; failed: an error message sent)."), metric.WithUnit("{desktop}"))
 	in.watchPollers, _ = m.Int64UpDownCounter("imagerecords.watch.pollers",
 		metric.WithDescription("Watch pollers running: one per watched desktop."), metric.WithUnit("{poller}"))
@@ -72,14 +91,14 @@ func newInstruments(mp metric.MeterProvider) instruments {
 	in.watchPollWatchers, _ = m.Int64Histogram("imagerecords.watch.poll.watchers",
 		metric.WithDescription("Watchers served by each poll: how many callers one poller stands in for."), metric.WithUnit("{watcher}"),
 		metric.WithExplicitBucketBoundaries(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
-	in.watchPolls, _ = m.Int64Counter("imagerecords.watch.polls",
+	in.watchPolls.Int64Counter, _ = m.Int64Counter("imagerecords.watch.polls",
 		metric.WithDescription("Watch polls, by outcome."), metric.WithUnit("{poll}"))
-	in.watchEvents, _ = m.Int64Counter("imagerecords.watch.events",
+	in.watchEvents.Int64Counter, _ = m.Int64Counter("imagerecords.watch.events",
 		metric.WithDescription("Watch messages sent, by kind (snapshot, record_added, status_changed, heartbeat)."), metric.WithUnit("{message}"))
 	// Export every counter at zero from the start, so that rates and
 	// alerts have a series before the first call.
 	ctx := context.Background()
-	for _, method := range []metric.AddOption{methodList, methodStream} {
+	for _, method := range []attributes{methodList, methodStream} {
 		in.records.Add(ctx, 0, method)
 		in.pages.Add(ctx, 0, method)
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -99,8 +98,8 @@ var _ API = (*Client)(nil)
 // for concurrent use.
 type Client struct {
 	endpoint         string
+	endpointURL      string // endpoint with the path /; "" if invalid
 	transport        http.RoundTripper
-	httpClient       *http.Client
 	credentials      CredentialsProvider
 	signature        SignatureVersion
 	retry            RetryPolicy
@@ -193,6 +192,9 @@ func NewClient(creds CredentialsProvider, opts ...Option) *Client {
 	for _, opt := range opts {
 		opt(c)
 	}
+	if c.endpoint != "" {
+		c.endpointURL = endpointRequestURL(c.endpoint)
+	}
 	if c.transport == nil {
 		c.transport = NewTransport()
 	}
@@ -205,12 +207,6 @@ func NewClient(creds CredentialsProvider, opts ...Option) *Client {
 	c.metrics = newInstruments(c.meterProvider)
 	c.metrics.observePacer(c.meterProvider, c.pacer)
 	c.tracer = c.tracerProvider.Tracer(instrumentationName)
-	c.httpClient = &http.Client{
-		// No trace context is sent: the upstream is a third party.
-		Transport: c.transport,
-		// A signed request is never replayed to another address.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
 	return c
 }
 
@@ -220,6 +216,9 @@ var errAttemptTimeout = errors.New("upstream attempt timed out")
 
 // SpanName names the client span of every upstream attempt.
 const SpanName = "ecd " + Action
+
+// clientSpan starts every attempt's span.
+var clientSpan = trace.WithSpanKind(trace.SpanKindClient)
 
 // NewTransport returns the default upstream transport: HTTP/2 where the
 // endpoint offers it, and a keep-alive pool large enough that concurrent
@@ -445,13 +444,12 @@ var regionPattern = regexp.MustCompile(`^[a-z]{2,12}(-[a-z0-9]{1,24}){1,4}$`)
 // answer while the span is open, so the span carries what only the body
 // tells (the upstream RequestId, the error code, the record count).
 func (c *Client) attempt(ctx context.Context, in DescribeInput, attempt int) (*Page, error) {
-	ctx, span := c.tracer.Start(ctx, SpanName, trace.WithSpanKind(trace.SpanKindClient))
+	ctx, span := c.tracer.Start(ctx, SpanName, clientSpan)
 	defer span.End()
-	annotateRequest(span, in, attempt, pageNumberFrom(ctx))
 	start := time.Now()
 	page, status, err := c.roundTrip(ctx, in)
 	c.metrics.record(ctx, time.Since(start), err)
-	annotateAnswer(span, status, page, err)
+	annotateAttempt(span, in, attempt, pageNumberFrom(ctx), status, page, err)
 	return page, err
 }
 
@@ -474,7 +472,7 @@ func (c *Client) roundTrip(ctx context.Context, in DescribeInput) (_ *Page, stat
 	if err != nil {
 		return nil, 0, err
 	}
-	resp, err := c.httpClient.Do(req)
+	resp, err := c.send(req)
 	if err == nil {
 		var page *Page
 		page, err = readAnswer(resp, c.maxResponseBytes)
@@ -493,11 +491,32 @@ func (c *Client) roundTrip(ctx context.Context, in DescribeInput) (_ *Page, stat
 	if regionErr := c.unknownRegion(in.RegionID, err); regionErr != nil {
 		return nil, status, regionErr // not a networkError: never retried
 	}
-	// The URL may carry request parameters: keep it out of the error.
-	if ue, ok := errors.AsType[*url.Error](err); ok {
-		err = fmt.Errorf("%s %s: %w", ue.Op, req.URL.Host, ue.Err)
-	}
 	return nil, status, &networkError{err: err}
+}
+
+// send sends req with the client's transport and returns its answer, or
+// an error that names the method and host as http.Client's does, but not
+// the URL, which may carry request parameters.
+//
+// It is what http.Client.Do does for the client: a signed request is
+// never redirected (a redirect is the answer, and is no page), no cookie
+// is sent, and the endpoint's user, if any, becomes Basic authorization
+// where the signature is not in the Authorization header (V1). Do would
+// also copy every request's header map, for redirects the client never
+// follows. No trace context is sent: the upstream is a third party.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	if u := req.URL.User; u != nil && req.Header.Get("Authorization") == "" {
+		password, _ := u.Password()
+		req.SetBasicAuth(u.Username(), password)
+	}
+	resp, err := c.transport.RoundTrip(req)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("Post %s: %w", req.URL.Host, err)
+	case resp == nil:
+		return nil, fmt.Errorf("Post %s: the transport returned no answer and no error", req.URL.Host)
+	}
+	return resp, nil
 }
 
 func isNetworkError(err error) bool {
@@ -512,48 +531,89 @@ func (e *networkError) Error() string { return "calling upstream: " + e.err.Erro
 func (e *networkError) Unwrap() error { return e.err }
 
 func (c *Client) newRequest(ctx context.Context, in DescribeInput, creds Credentials) (*http.Request, error) {
-	params := url.Values{
-		"RegionId":  {in.RegionID},
-		"DesktopId": {in.DesktopID},
+	// The parameters' values share one array.
+	values := make([]string, 0, 4)
+	params := make(url.Values, 4)
+	param := func(name, value string) {
+		values = append(values, value)
+		params[name] = values[len(values)-1 : len(values) : len(values)]
 	}
+	param("RegionId", in.RegionID)
+	param("DesktopId", in.DesktopID)
 	if in.MaxResults > 0 {
-		params.Set("MaxResults", strconv.Itoa(in.MaxResults))
+		param("MaxResults", strconv.Itoa(in.MaxResults))
 	}
 	if in.NextToken != "" {
-		params.Set("NextToken", in.NextToken)
+		param("NextToken", in.NextToken)
 	}
-	base := c.Endpoint(in.RegionID)
-	u, err := url.Parse(base)
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("invalid upstream endpoint %q", base)
+	target, err := c.requestURL(in.RegionID)
+	if err != nil {
+		return nil, err
 	}
 	call := acs.Call{Action: Action, Version: APIVersion, Params: params, Timestamp: c.now(), Nonce: newNonce()}
 	signing := acs.Credentials(creds)
-	var header http.Header
-	body := ""
+	// Room for the signed headers and Accept, exactly: a map made for more
+	// than eight entries costs two more allocations.
+	size := 7 // six signed headers and Accept
+	switch {
+	case c.signature == SignatureV1:
+		size = 2 // Accept and Content-Type
+	case creds.SecurityToken != "":
+		size = 9 // and the STS key's two
+	}
+	header := make(http.Header, size)
+	header["Accept"] = acceptJSON
+	var req *http.Request
 	switch c.signature {
 	case SignatureV1:
 		// The parameters go in a form body, not the query string as the
 		// official SDK does, so that the AccessKeyId, the STS token and the
 		// signature never appear in a URL (in traces, proxy logs, errors).
-		body = call.SignV1(http.MethodPost, signing)
-		header = http.Header{}
-		header.Set("Content-Type", "application/x-www-form-urlencoded")
+		body := call.SignV1(http.MethodPost, signing)
+		header["Content-Type"] = formContentType
+		if req, err = http.NewRequestWithContext(ctx, http.MethodPost, target, strings.NewReader(body)); err != nil {
+			return nil, fmt.Errorf("building upstream request: %w", err)
+		}
 	default:
-		u.RawQuery, header = call.SignV3(u.Host, signing)
-	}
-	header.Set("Accept", "application/json")
-	u.Path = "/"
-	var bodyReader io.Reader = http.NoBody
-	if body != "" {
-		bodyReader = strings.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bodyReader)
-	if err != nil {
-		return nil, fmt.Errorf("building upstream request: %w", err)
+		if req, err = http.NewRequestWithContext(ctx, http.MethodPost, target, http.NoBody); err != nil {
+			return nil, fmt.Errorf("building upstream request: %w", err)
+		}
+		req.URL.RawQuery = call.SignV3Into(header, req.URL.Host, signing)
 	}
 	req.Header = header
 	return req, nil
+}
+
+// The values of the headers the client sets besides the signed ones. They
+// are shared by every request: net/http reads header values and never
+// writes them.
+var (
+	acceptJSON      = []string{"application/json"}
+	formContentType = []string{"application/x-www-form-urlencoded"}
+)
+
+// requestURL returns the URL a request for region goes to, before its
+// query: the endpoint with the path /.
+func (c *Client) requestURL(region string) (string, error) {
+	if c.endpoint == "" {
+		return "https://ecd." + region + ".aliyuncs.com/", nil
+	}
+	if c.endpointURL == "" {
+		return "", fmt.Errorf("invalid upstream endpoint %q", c.endpoint)
+	}
+	return c.endpointURL, nil
+}
+
+// endpointRequestURL is what requestURL returns for every request to the
+// endpoint base ("" for an invalid one): base with the path /, parsed
+// once.
+func endpointRequestURL(base string) string {
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	u.Path, u.RawPath = "/", ""
+	return u.String()
 }
 
 func newNonce() string {

@@ -702,3 +702,48 @@ func TestContextAlreadyCancelled(t *testing.T) {
 		t.Errorf("%d requests reached the server, want 0", n)
 	}
 }
+
+// TestEndpointUserAuthorizesV1 checks that the client sends the
+// endpoint's user as Basic authorization (to a proxy that asks for it)
+// where the signature leaves the Authorization header free, V1, and
+// never in place of a V3 signature.
+func TestEndpointUserAuthorizesV1(t *testing.T) {
+	t.Parallel()
+	testCases := []struct {
+		name    string
+		version upstream.SignatureVersion
+		want    func(r *http.Request) bool
+	}{
+		{"v1", upstream.SignatureV1, func(r *http.Request) bool {
+			user, password, ok := r.BasicAuth()
+			return ok && user == "proxy-user" && password == "proxy pass"
+		}},
+		{"v3", upstream.SignatureV3, func(r *http.Request) bool {
+			return strings.HasPrefix(r.Header.Get("Authorization"), acs.V3Algorithm+" ")
+		}},
+	}
+	for _, tc := range testCases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			authorized := make(chan bool, 1)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				authorized <- tc.want(r)
+				_, _ = io.WriteString(w, upstreamtest.OKBody)
+			}))
+			t.Cleanup(srv.Close)
+			u, err := url.Parse(srv.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u.User = url.UserPassword("proxy-user", "proxy pass")
+			c := upstream.NewClient(staticCreds(longKey), upstream.WithEndpoint(u.String()),
+				upstream.WithSignatureVersion(tc.version), upstream.WithRetryPolicy(fastRetry(1)))
+			if _, err := c.DescribeImageModifiedRecords(t.Context(), upstream.DescribeInput{RegionID: testRegion, DesktopID: "ecd-a"}); err != nil {
+				t.Fatal(err)
+			}
+			if !<-authorized {
+				t.Error("the request's Authorization is not the expected one")
+			}
+		})
+	}
+}

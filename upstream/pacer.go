@@ -277,7 +277,15 @@ func (p *Pacer) wait(ctx context.Context, retry bool) (time.Duration, error) {
 	if ctx.Err() != nil {
 		return 0, context.Cause(ctx)
 	}
+	p.mu.Lock()
 	start := p.clock.Now()
+	now := p.takeFree(start)
+	p.mu.Unlock()
+	if now {
+		// Went at once, without the channel and the waiter a queued call
+		// needs: an unpaced client's every call goes this way.
+		return 0, nil
+	}
 	deadline, _ := ctx.Deadline()
 	slot := make(chan time.Time, 1)
 	at := atBack
@@ -351,9 +359,7 @@ func (p *Pacer) enqueue(caller string, deadline time.Time, goAt func(time.Time))
 func (p *Pacer) enqueueAt(caller string, deadline time.Time, at place, goAt func(time.Time)) (_ *waiter, ok bool) {
 	p.mu.Lock()
 	now := p.clock.Now()
-	p.roll(now)
-	if p.queued == 0 && p.free(now) {
-		p.send(now, false)
+	if p.takeFree(now) {
 		p.mu.Unlock()
 		goAt(now)
 		return nil, true
@@ -386,6 +392,17 @@ func (p *Pacer) enqueueAt(caller string, deadline time.Time, at place, goAt func
 	p.arm(now)
 	p.mu.Unlock()
 	return w, true
+}
+
+// takeFree takes a slot at now for a call that may go at once: no call is
+// queued and the pacer has a slot free. p.mu is held.
+func (p *Pacer) takeFree(now time.Time) bool {
+	p.roll(now)
+	if p.queued == 0 && p.free(now) {
+		p.send(now, false)
+		return true
+	}
+	return false
 }
 
 // ahead is how many calls would go before a call of caller that joins

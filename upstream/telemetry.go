@@ -55,7 +55,7 @@ func newInstruments(mp metric.MeterProvider) instruments {
 	// Export every counter at zero from the start, so that rates and
 	// alerts have a series before the first event.
 	ctx := context.Background()
-	in.calls.Add(ctx, 0, metric.WithAttributes(attribute.String("outcome", "ok"), semconv.ErrorTypeKey.String("")))
+	in.calls.Add(ctx, 0, callsOK...)
 	in.retries.Add(ctx, 0, metric.WithAttributes(semconv.ErrorTypeKey.String("Throttling.User")))
 	in.throttles.Add(ctx, 0)
 	in.budgetExhausted.Add(ctx, 0)
@@ -81,17 +81,27 @@ func (in instruments) observePacer(mp metric.MeterProvider, p *Pacer) {
 }
 
 func (in instruments) record(ctx context.Context, d time.Duration, err error) {
-	outcome := "ok"
-	if err != nil {
-		outcome = "error"
+	if err == nil {
+		in.calls.Add(ctx, 1, callsOK...)
+		in.duration.Record(ctx, d.Seconds(), outcomeOK...)
+		return
 	}
-	attrs := metric.WithAttributes(attribute.String("outcome", outcome), semconv.ErrorTypeKey.String(errorCode(err)))
-	in.calls.Add(ctx, 1, attrs)
-	in.duration.Record(ctx, d.Seconds(), metric.WithAttributes(attribute.String("outcome", outcome)))
+	in.calls.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", "error"), semconv.ErrorTypeKey.String(errorCode(err))))
+	in.duration.Record(ctx, d.Seconds(), outcomeError...)
 	if apiErr, ok := errors.AsType[*APIError](err); ok && apiErr.Kind() == KindThrottled {
 		in.throttles.Add(ctx, 1)
 	}
 }
+
+// The attributes of every successful attempt's measurements, and of every
+// failed attempt's duration, built once, as the option lists the
+// instruments take: a list passed on as it is (callsOK...) costs no
+// allocation, where a single option becomes a new list at every call.
+var (
+	callsOK      = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "ok"), semconv.ErrorTypeKey.String("")))}
+	outcomeOK    = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "ok")))}
+	outcomeError = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "error")))}
+)
 
 // errorCode names err for metrics and spans: the upstream Code, or a fixed
 // word for failures without one.
@@ -160,49 +170,49 @@ func pageNumberFrom(ctx context.Context) int {
 	return n
 }
 
-// annotateRequest records what an attempt asks for on its client span,
-// before the call, so that an attempt without an answer carries it too.
-// Attribute values are ids and codes, never credentials.
-func annotateRequest(span trace.Span, in DescribeInput, attempt, page int) {
+// annotateAttempt records on an attempt's client span, in one call, what
+// the attempt asked for and what the answer said: the HTTP status (0:
+// none), the page or the error. An attempt without an answer carries what
+// it asked for too. Attribute values are ids and codes, never credentials.
+func annotateAttempt(span trace.Span, in DescribeInput, attempt, pageNumber, status int, page *Page, err error) {
 	if !span.IsRecording() {
 		return
 	}
-	span.SetAttributes(
-		attribute.String("ecd.action", Action),
+	attrs := make([]attribute.KeyValue, 0, 12)
+	attrs = append(attrs,
+		actionAttribute,
 		semconv.CloudRegion(in.RegionID),
 		attribute.String("ecd.desktop_id", in.DesktopID),
 		attribute.Int("ecd.attempt", attempt),
 		semconv.HTTPRequestMethodPost,
 	)
-	if page > 0 {
-		span.SetAttributes(attribute.Int("ecd.page", page))
-	}
-}
-
-// annotateAnswer records what the answer said on the attempt's client
-// span: the HTTP status (0: none), the page or the error.
-func annotateAnswer(span trace.Span, status int, page *Page, err error) {
-	if !span.IsRecording() {
-		return
+	if pageNumber > 0 {
+		attrs = append(attrs, attribute.Int("ecd.page", pageNumber))
 	}
 	if status > 0 {
-		span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+		attrs = append(attrs, semconv.HTTPResponseStatusCode(status))
 	}
 	throttled := false
 	apiErr, isAPIErr := errors.AsType[*APIError](err)
 	switch {
 	case page != nil:
-		span.SetAttributes(
+		attrs = append(attrs,
 			attribute.String("ecd.request_id", page.RequestID),
 			attribute.Int("ecd.page.records", len(page.Records)))
 	case isAPIErr:
 		throttled = apiErr.Kind() == KindThrottled
-		span.SetAttributes(attribute.String("ecd.request_id", apiErr.RequestID))
+		attrs = append(attrs, attribute.String("ecd.request_id", apiErr.RequestID))
 	}
+	var code string
 	if err != nil {
-		code := errorCode(err)
-		span.SetAttributes(attribute.String("ecd.error.code", code), semconv.ErrorTypeKey.String(code))
+		code = errorCode(err)
+		attrs = append(attrs, attribute.String("ecd.error.code", code), semconv.ErrorTypeKey.String(code))
+	}
+	span.SetAttributes(append(attrs, attribute.Bool("ecd.throttled", throttled))...)
+	if err != nil {
 		span.SetStatus(codes.Error, code)
 	}
-	span.SetAttributes(attribute.Bool("ecd.throttled", throttled))
 }
+
+// actionAttribute names the action on every attempt's span.
+var actionAttribute = attribute.String("ecd.action", Action)

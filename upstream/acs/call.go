@@ -3,6 +3,7 @@ package acs
 import (
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -48,26 +49,102 @@ type Call struct {
 // x-acs-accesskey-id and x-acs-security-token, and Authorization. The
 // Host header comes from the request URL.
 func (c Call) SignV3(host string, creds Credentials) (rawQuery string, header http.Header) {
-	header = http.Header{}
-	header.Set("x-acs-action", c.Action)
-	header.Set("x-acs-version", c.Version)
-	header.Set("x-acs-date", c.Timestamp.UTC().Format(TimestampLayout))
-	header.Set("x-acs-signature-nonce", c.Nonce)
-	header.Set("x-acs-content-sha256", EmptyPayloadHash)
+	header = make(http.Header, v3HeaderCount(creds))
+	return c.SignV3Into(header, host, creds), header
+}
+
+// v3HeaderCount is how many headers [Call.SignV3Into] sets for creds: 6,
+// or 8 for an STS key.
+func v3HeaderCount(creds Credentials) int {
+	if creds.SecurityToken != "" {
+		return 8
+	}
+	return 6
+}
+
+// The names of the headers SignV3Into sets, in their canonical form (as
+// [http.CanonicalHeaderKey] spells them), and the lower-case form they are
+// signed under.
+const (
+	headerAction        = "X-Acs-Action"
+	headerVersion       = "X-Acs-Version"
+	headerDate          = "X-Acs-Date"
+	headerNonce         = "X-Acs-Signature-Nonce"
+	headerContentSHA256 = "X-Acs-Content-Sha256"
+	headerAccessKeyID   = "X-Acs-Accesskey-Id"
+	headerSecurityToken = "X-Acs-Security-Token"
+	headerAuthorization = "Authorization"
+)
+
+// SignV3Into is [Call.SignV3] setting the headers in header, which may
+// hold others (unsigned ones such as Accept; a signed one, x-acs-* or
+// Content-Type, would go unsigned). The caller can make header with room
+// for its own headers and these (six, eight for an STS key).
+//
+// It signs what [V3Request.Signature] would sign for the same request, by
+// the same code, without building a [V3Request]: the headers it signs are
+// fixed, so they need neither collecting nor sorting.
+func (c Call) SignV3Into(header http.Header, host string, creds Credentials) (rawQuery string) {
+	s := v3Signers.Get().(*v3Signer)
+	defer v3Signers.Put(s)
+
+	// The query string and the date share one allocation.
+	s.canonical = appendCanonicalQuery(s.canonical[:0], c.Params)
+	queryEnd := len(s.canonical)
+	s.canonical = c.Timestamp.UTC().AppendFormat(s.canonical, TimestampLayout)
+	queryDate := string(s.canonical)
+	rawQuery, date := queryDate[:queryEnd], queryDate[queryEnd:]
+
+	// The header lines in sorted order: host, then x-acs-* by name.
+	var lines [8]v3Header
+	signed := lines[:0]
+	if host != "" {
+		signed = append(signed, v3Header{"host", strings.TrimSpace(host)})
+	}
 	if creds.SecurityToken != "" {
 		// The official SDK signs the AccessKeyId too when it sends a token.
-		header.Set("x-acs-accesskey-id", creds.AccessKeyID)
-		header.Set("x-acs-security-token", creds.SecurityToken)
+		signed = append(signed, v3Header{"x-acs-accesskey-id", strings.TrimSpace(creds.AccessKeyID)})
 	}
-	signature, signedHeaders := V3Request{
-		Method:        http.MethodPost,
-		Host:          host,
-		Query:         c.Params,
-		Header:        header,
-		HashedPayload: EmptyPayloadHash,
-	}.Signature(creds.AccessKeySecret)
-	header.Set("Authorization", V3Authorization(creds.AccessKeyID, signedHeaders, signature))
-	return CanonicalQuery(c.Params), header
+	signed = append(signed,
+		v3Header{"x-acs-action", strings.TrimSpace(c.Action)},
+		v3Header{"x-acs-content-sha256", EmptyPayloadHash},
+		v3Header{"x-acs-date", date})
+	if creds.SecurityToken != "" {
+		signed = append(signed, v3Header{"x-acs-security-token", strings.TrimSpace(creds.SecurityToken)})
+	}
+	signed = append(signed,
+		v3Header{"x-acs-signature-nonce", strings.TrimSpace(c.Nonce)},
+		v3Header{"x-acs-version", strings.TrimSpace(c.Version)})
+
+	var start, end int
+	s.canonical, start, end = appendV3Canonical(s.canonical[:0], http.MethodPost, c.Params, signed, EmptyPayloadHash)
+	var sig [64]byte
+	s.sign(creds.AccessKeySecret, sig[:])
+	// The Authorization header, formatted as V3Authorization formats it.
+	s.authorization = append(s.authorization[:0], V3Algorithm+" Credential="...)
+	s.authorization = append(s.authorization, creds.AccessKeyID...)
+	s.authorization = append(s.authorization, ",SignedHeaders="...)
+	s.authorization = append(s.authorization, s.canonical[start:end]...)
+	s.authorization = append(s.authorization, ",Signature="...)
+	s.authorization = append(s.authorization, sig[:]...)
+
+	// The header values, untrimmed as the caller gave them, in one array.
+	values := make([]string, 0, 8)
+	add := func(name, value string) {
+		values = append(values, value)
+		header[name] = values[len(values)-1 : len(values) : len(values)]
+	}
+	add(headerAction, c.Action)
+	add(headerVersion, c.Version)
+	add(headerDate, date)
+	add(headerNonce, c.Nonce)
+	add(headerContentSHA256, EmptyPayloadHash)
+	if creds.SecurityToken != "" {
+		add(headerAccessKeyID, creds.AccessKeyID)
+		add(headerSecurityToken, creds.SecurityToken)
+	}
+	add(headerAuthorization, string(s.authorization))
+	return rawQuery
 }
 
 // SignV1 signs c with signature V1 for method and returns every parameter
@@ -91,5 +168,13 @@ func (c Call) SignV1(method string, creds Credentials) string {
 	if creds.SecurityToken != "" {
 		params.Set("SecurityToken", creds.SecurityToken)
 	}
-	return CanonicalQuery(params) + "&Signature=" + PercentEncode(V1Signature(creds.AccessKeySecret, method, params))
+	// The body is the canonical query with the signature appended, so the
+	// query is encoded once, for both.
+	body := appendCanonicalQuery(make([]byte, 0, 512), params)
+	stringToSign := appendV1StringToSign(make([]byte, 0, 3*len(body)+len(method)+8), method, body)
+	var sig [v1SignatureLen]byte
+	v1Sign(sig[:], creds.AccessKeySecret, stringToSign)
+	body = append(body, "&Signature="...)
+	body = appendPercentEncoded(body, sig[:])
+	return string(body)
 }

@@ -3,7 +3,7 @@
 // signature V1 (RPC HMAC-SHA1, carried in a Signature parameter).
 //
 // It has three users. The upstream client signs every outgoing call with
-// [Call.SignV3] or [Call.SignV1]. The ECD simulator verifies a received
+// [Call.SignV3Into] or [Call.SignV1]. The ECD simulator verifies a received
 // request by recomputing its signature with [V3Request.Signature] or
 // [V1Signature] and comparing. The benchmark's direct client, which stands
 // for a caller that skips the gateway, signs with [Call.SignV3] like the
@@ -26,7 +26,11 @@
 // module that the official SDKs use), which is a test-only dependency; and
 // the simulator's own tests send it requests signed by that official code.
 // So a request that the simulator accepts is one that the official SDK
-// would have signed the same way, and the other way round.
+// would have signed the same way, and the other way round. The client's
+// path, [Call.SignV3Into], skips collecting and sorting headers (it signs
+// a fixed set) but writes the canonical request and signs it with the
+// same code as [V3Request.Signature], and a differential fuzz test holds
+// the two to the same headers and Authorization.
 //
 // Where the official implementation and the published specification
 // disagree, this package follows the official implementation, whose

@@ -3,7 +3,6 @@ package acs
 import (
 	"net/url"
 	"slices"
-	"strings"
 )
 
 // TimestampLayout is the format of V3's x-acs-date header and V1's
@@ -23,18 +22,25 @@ func PercentEncode(s string) string {
 	if n == 0 {
 		return s
 	}
-	const hexDigits = "0123456789ABCDEF"
-	b := make([]byte, 0, len(s)+2*n)
+	return string(appendPercentEncoded(make([]byte, 0, len(s)+2*n), s))
+}
+
+// appendPercentEncoded appends s to b encoded as [PercentEncode] encodes
+// it.
+func appendPercentEncoded[T string | []byte](b []byte, s T) []byte {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if unreserved(c) {
 			b = append(b, c)
 			continue
 		}
-		b = append(b, '%', hexDigits[c>>4], hexDigits[c&15])
+		b = append(b, '%', upperHex[c>>4], upperHex[c&15])
 	}
-	return string(b)
+	return b
 }
+
+// upperHex are the digits of a percent-encoded byte.
+const upperHex = "0123456789ABCDEF"
 
 func unreserved(c byte) bool {
 	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' ||
@@ -50,22 +56,29 @@ func unreserved(c byte) bool {
 // valid query string or form body to send: what the receiver parses from
 // it is exactly params.
 func CanonicalQuery(params url.Values) string {
-	keys := make([]string, 0, len(params))
+	return string(appendCanonicalQuery(nil, params))
+}
+
+// appendCanonicalQuery appends [CanonicalQuery] of params to b.
+func appendCanonicalQuery(b []byte, params url.Values) []byte {
+	// The client's requests have at most four parameters: their names
+	// sort on the stack.
+	var names [8]string
+	keys := names[:0]
 	for k := range params {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	var b strings.Builder
+	start := len(b)
 	for _, k := range keys {
-		ek := PercentEncode(k)
 		for _, v := range params[k] {
-			if b.Len() > 0 {
-				b.WriteByte('&')
+			if len(b) > start {
+				b = append(b, '&')
 			}
-			b.WriteString(ek)
-			b.WriteByte('=')
-			b.WriteString(PercentEncode(v))
+			b = appendPercentEncoded(b, k)
+			b = append(b, '=')
+			b = appendPercentEncoded(b, v)
 		}
 	}
-	return b.String()
+	return b
 }
