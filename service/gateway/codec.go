@@ -210,7 +210,7 @@ func (p *page) append(b []byte, sizes []int) []byte {
 			rn = recordSize(r)
 		}
 		b = append(b, tagPageRecords)
-		b = protowire.AppendVarint(b, uint64(rn))
+		b = appendVarint(b, uint64(rn))
 		b = appendRecord(b, r)
 	}
 	b = appendString(b, tagPageToken, p.token)
@@ -235,14 +235,14 @@ func appendRecord(b []byte, r *imagerecordsv1.ImageModifiedRecord) []byte {
 	b = appendVarintField(b, tagRecordStatus, int32(r.Status))
 	if r.UpstreamStatus != nil { // explicit presence: written even when 0
 		b = append(b, tagRecordUpstreamStatus)
-		b = protowire.AppendVarint(b, uint64(int64(*r.UpstreamStatus)))
+		b = appendVarint(b, uint64(int64(*r.UpstreamStatus)))
 	}
 	if r.UpdateTime != nil {
 		b = append(b, tagRecordUpdateTime)
-		b = protowire.AppendVarint(b, uint64(timestampSize(r.UpdateTime)))
+		b = appendVarint(b, uint64(timestampSize(r.UpdateTime)))
 		if r.UpdateTime.Seconds != 0 {
 			b = append(b, tagTimestampSeconds)
-			b = protowire.AppendVarint(b, uint64(r.UpdateTime.Seconds))
+			b = appendVarint(b, uint64(r.UpdateTime.Seconds))
 		}
 		b = appendVarintField(b, tagTimestampNanos, r.UpdateTime.Nanos)
 	}
@@ -275,7 +275,17 @@ func appendVarintField(b []byte, tag byte, v int32) []byte {
 	if v == 0 {
 		return b
 	}
-	return protowire.AppendVarint(append(b, tag), uint64(int64(v)))
+	return appendVarint(append(b, tag), uint64(int64(v)))
+}
+
+// appendVarint appends v as a varint. Most values the encoder writes
+// (string lengths, statuses) take one byte, written inline;
+// protowire.AppendVarint, too large to inline, writes the others.
+func appendVarint(b []byte, v uint64) []byte {
+	if v < 0x80 {
+		return append(b, byte(v))
+	}
+	return protowire.AppendVarint(b, v)
 }
 
 // stringSize is the size of a string field without presence: nothing
@@ -291,7 +301,7 @@ func appendString(b []byte, tag byte, s string) []byte {
 	if s == "" {
 		return b
 	}
-	b = protowire.AppendVarint(append(b, tag), uint64(len(s)))
+	b = appendVarint(append(b, tag), uint64(len(s)))
 	return append(b, s...)
 }
 
