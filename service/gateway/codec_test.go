@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math"
+	"slices"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -172,6 +174,43 @@ func TestRecordsCodecEncodesAsProto(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGatewayEncodesWithTheRecordsCodec: the gateway's handler lists the
+// records codec in its chain, and what it encodes with it reaches gRPC
+// and Connect clients (which decode with proto) as the simulator's
+// records: a stream (MarshalAppend) and a List page over Connect
+// (Marshal).
+func TestGatewayEncodesWithTheRecordsCodec(t *testing.T) {
+	t.Parallel()
+	h := gatewaytest.New(t, gatewaytest.Config{Desktops: []ecdsim.Desktop{{ID: codecDesktopID, Records: 250}}})
+	if chain := h.Gateway.Chain(); !slices.Contains(chain, "option:codec=proto(records-encoder)") {
+		t.Fatalf("the chain %q has no records codec", chain)
+	}
+	msgs, err := gatewaytest.Stream(t.Context(), h.Client(connect.WithGRPC()), &imagerecordsv1.StreamImageModifiedRecordsRequest{
+		RegionId: gatewaytest.Region, DesktopId: codecDesktopID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var records []*imagerecordsv1.ImageModifiedRecord
+	for _, m := range msgs {
+		records = append(records, m.GetRecords()...)
+	}
+	if len(records) != 250 || msgs[len(msgs)-1].GetResumeToken() != "" || msgs[0].GetTotalCount() != 250 || msgs[0].GetRequestId() == "" {
+		t.Fatalf("%d records in %d messages (last token %q, first total %d, request id %q), want 250 ending without a token",
+			len(records), len(msgs), msgs[len(msgs)-1].GetResumeToken(), msgs[0].GetTotalCount(), msgs[0].GetRequestId())
+	}
+	h.CheckRecords(t, codecDesktopID, 0, records)
+	page, err := h.Client().ListImageModifiedRecords(t.Context(), connect.NewRequest( // Connect protocol, binary proto
+		&imagerecordsv1.ListImageModifiedRecordsRequest{RegionId: gatewaytest.Region, DesktopId: codecDesktopID, PageSize: 100}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Msg.GetRecords()) != 100 || page.Msg.GetNextPageToken() == "" || page.Msg.GetTotalCount() != 250 {
+		t.Fatalf("List: %d records, next token %q, total %d; want 100 of 250 and a token",
+			len(page.Msg.GetRecords()), page.Msg.GetNextPageToken(), page.Msg.GetTotalCount())
+	}
+	h.CheckRecords(t, codecDesktopID, 0, page.Msg.GetRecords())
 }
 
 // TestRecordsCodecRefusesWhatIsNotProto: like connect's own codec, the
