@@ -27,14 +27,7 @@ const codecDesktopID = "ecd-bd53sfmysz8ir0001"
 // millisecond timestamps, every status.
 func simulatedRecords(tb testing.TB, n int) []*imagerecordsv1.ImageModifiedRecord {
 	tb.Helper()
-	sim, err := ecdsim.New(ecdsim.Config{
-		Seed:     1,
-		Desktops: []ecdsim.Desktop{{ID: codecDesktopID, Records: n}},
-		Keys:     []ecdsim.Key{{AccessKeyID: "LTAIcodec", AccessKeySecret: "codec"}},
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	sim, _ := gatewaytest.Simulator(tb, ecdsim.Config{Desktops: []ecdsim.Desktop{{ID: codecDesktopID, Records: n}}})
 	out := make([]*imagerecordsv1.ImageModifiedRecord, n)
 	for i := range out {
 		r, ok := sim.Record(codecDesktopID, i)
