@@ -3,7 +3,8 @@
 // (CORS preflights, bearer tokens before any body is read, the caller's
 // identity, stream, stall and body limits, Cache-Control and ETags,
 // tracing, access log, shutdown guard, panic recovery, read limits,
-// compression), health, reflection, TLS,
+// compression, the proto codec that encodes pages of records by hand),
+// health, reflection, TLS,
 // connection limits, the admin listener, serving and draining, telemetry,
 // and the upstream client built from the Config, with its calls admitted
 // in turns per caller. The daemon (cmd/imagerecordsd), the benchmark

@@ -98,6 +98,7 @@ func New(cfg Config, api upstream.API, logger *slog.Logger, tel *Telemetry, svcO
 		{"compress-min-bytes=" + strconv.Itoa(cfg.CompressMinBytes), responseCompression(cfg.CompressMinBytes)},
 		{"compression=gzip(best-speed)", connect.WithCompression("gzip", newBoundedGzipReader(int64(cfg.MaxRequestBytes)), newGzipWriter)},
 		{"read-max-bytes=" + strconv.Itoa(cfg.MaxRequestBytes), connect.WithReadMaxBytes(cfg.MaxRequestBytes)},
+		{"codec=proto(records-encoder)", connect.WithCodec(recordsCodec{})},
 		{"recover", connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.LogAttrs(ctx, slog.LevelError, "panic in handler", slog.String("procedure", spec.Procedure), slog.Any("panic", p))
 			return connect.NewError(connect.CodeInternal, errors.New("internal error"))
